@@ -1,0 +1,105 @@
+"""Checkpoints: one file per step with the full resume state, written atomically.
+
+A file only gets its final name (``step_000000123.pt``) after it was completely written and flushed,
+so a crash or SIGKILL mid-write leaves the previous checkpoints intact. Loading uses
+``weights_only=True``: a checkpoint holds tensors, numbers, strings, lists and dicts, nothing that
+runs code when read.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gen_dist.errors import CheckpointError
+
+STEP_FILE = re.compile(r"^step_(\d{9})\.pt$")
+FORMAT = "gen_dist/1"
+
+
+def step_path(folder: Path, step: int) -> Path:
+    return folder / f"step_{step:09d}.pt"
+
+
+def atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the whole new one
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # make the rename itself durable
+    finally:
+        os.close(fd)
+
+
+def load(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist: pass an existing file or train.resume=auto")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint '{path}' is damaged or not a gen_dist checkpoint "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:120]}): "
+                              "delete it or resume from an earlier one") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint '{path}' is not a gen_dist resume checkpoint (format "
+                              f"{state.get('format') if isinstance(state, dict) else type(state).__name__}): "
+                              f"pass a step_*.pt file from a run's checkpoints/ folder")
+    return state
+
+
+def list_steps(folder: Path) -> list[Path]:
+    """Step checkpoints in a folder, newest first."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), folder / name) for name in os.listdir(folder) if (m := STEP_FILE.match(name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def latest_valid(folder: Path) -> tuple[Path, dict] | None:
+    """The newest checkpoint that loads; a damaged newer one is reported and skipped, so a job
+    requeued after a crash resumes instead of failing forever."""
+    for path in list_steps(folder):
+        try:
+            return path, load(path)
+        except CheckpointError as e:
+            warnings.warn(f"skipping {e}", stacklevel=2)
+    return None
+
+
+def prune(folder: Path, keep: int) -> None:
+    for old in list_steps(folder)[keep:]:
+        old.unlink(missing_ok=True)
+
+
+# --- RNG states, stored as tensors and plain values so that weights_only loading accepts them ---
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(tuple(v if not isinstance(v, list) else tuple(v) for v in state["python"]))
+    kind, key, *rest = state["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

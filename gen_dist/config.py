@@ -1,0 +1,254 @@
+"""Typed configuration: YAML file < dotted command-line overrides, checked before anything starts.
+
+Every key has a type and a one-line meaning here; an unknown key, a value of the wrong type or a
+value outside its choices is a `ConfigError` (exit 2 in the launchers) naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from gen_dist.errors import ConfigError
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"  # output folder: config.yaml, metrics.jsonl, samples/, checkpoints/
+    name: Optional[str] = None  # display name in W&B; defaults to the folder's name
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "mnist"  # mnist | fashion_mnist | cifar10 | folder
+    root: str = "${oc.env:GEN_DIST_DATA,data}"  # torchvision root (MNIST/raw, ...) or image folder
+    download: bool = True  # download into root when the data is absent (needs network)
+    image_size: int = 28  # images are resized to this square size
+    limit: int = 0  # use only the first N training images (0 = all); for quick trials
+    num_workers: int = 0  # loader worker processes (array sources need none)
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "vae"  # vae | gan | vaegan: which training steps run
+    generator: str = "mlp_vae"  # mlp_vae | conv_vae (kind vae/vaegan) | dcgan (kind gan)
+    discriminator: str = "dcgan"  # dcgan | sn (the seed's spectral-norm D); unused for kind vae
+    latent_dim: int = 20  # size of z
+    hidden_dim: int = 400  # MLP VAE hidden layer (the seed's 400)
+    g_width: int = 64  # channels of the generator's / VAE's last conv stage (doubled per stage)
+    d_width: int = 64  # channels of the discriminator's first conv stage
+    d_norm: str = "batch"  # batch | none | layer: D normalisation (no batch norm with a gradient penalty)
+    conditional: bool = False  # class-conditional G and D (label embedding)
+    embed_dim: int = 100  # label embedding size concatenated to z (the seed's 100)
+
+
+@dataclass
+class LossConfig:
+    gan: str = "nonsat"  # nonsat (the seed's BCE) | wgan | hinge; D scores real high in all three
+    gp_weight: float = 0.0  # WGAN-GP gradient-penalty weight (10 in Gulrajani et al.)
+    recon: str = "bce"  # bce | mse: VAE reconstruction term
+    recon_scale: str = "sum"  # sum: nats per image (the seed's); mean: per pixel (KL divided too)
+    beta: float = 1.0  # weight of the KL term (beta-VAE)
+    batch_sum: bool = False  # sum the VAE loss over the global batch (the seed's) instead of mean
+    adv_lambda: float = 1.0  # VAE-GAN: weight of the adversarial term
+    vaegan_weighting: str = "convex"  # convex: (1-l)*recon + KL + l*adv | additive: recon + KL + l*adv
+    vaegan_prior_samples: bool = False  # VAE-GAN: D also sees decoder(z ~ N(0, I)) as fake
+
+
+@dataclass
+class AdamConfig:
+    lr: float = 2e-4
+    betas: List[float] = field(default_factory=lambda: [0.5, 0.999])
+    weight_decay: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    g: AdamConfig = field(default_factory=AdamConfig)  # generator / VAE (encoder + decoder)
+    d: AdamConfig = field(default_factory=AdamConfig)  # discriminator / critic
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 128  # per process
+    max_steps: int = 0  # optimizer steps of G (or the VAE); 0 = derive from epochs
+    epochs: int = 0  # used when max_steps is 0
+    n_critic: int = 1  # D steps per G step
+    grad_accum: int = 1  # micro-batches per optimizer step
+    grad_clip: float = 0.0  # max gradient norm per model (0 = off)
+    mixed_precision: Optional[str] = None  # no | bf16 | fp16; null = what the launcher says
+    ema_decay: float = 0.0  # EMA of the generator / VAE weights (0 = off, e.g. 0.999)
+    resume: str = "auto"  # auto (latest checkpoint in run.dir) | a checkpoint path | none
+    log_every: int = 10  # steps between metrics.jsonl / W&B scalar rows
+    sample_every: int = 500  # steps between sample grids (and at the end)
+    checkpoint_every: int = 1000  # steps between checkpoints (and at the end)
+    keep_checkpoints: int = 2  # newest step checkpoints kept (best is kept apart)
+    progress_bar: bool = True  # tqdm bar on the main process
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0  # steps between evaluations (0 = only at the end)
+    batch_size: int = 256  # per process
+    limit: int = 0  # evaluate on the first N test images (0 = all)
+    best_metric: str = "auto"  # metric that picks the best checkpoint; auto = by model kind
+    inception_weights: Optional[str] = None  # local FID Inception weights (offline clusters)
+
+
+@dataclass
+class TrackingConfig:
+    wandb: bool = True  # log to Weights & Biases (offline when there is no API key)
+    project: str = "gen_dist"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    mode: str = "auto"  # auto (online with a key, else offline) | online | offline
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+CHOICES = {
+    "data.dataset": ("mnist", "fashion_mnist", "cifar10", "folder"),
+    "model.kind": ("vae", "gan", "vaegan"),
+    "model.generator": ("mlp_vae", "conv_vae", "dcgan"),
+    "model.discriminator": ("dcgan", "sn"),
+    "model.d_norm": ("batch", "none", "layer"),
+    "loss.gan": ("nonsat", "wgan", "hinge"),
+    "loss.recon": ("bce", "mse"),
+    "loss.recon_scale": ("sum", "mean"),
+    "loss.vaegan_weighting": ("convex", "additive"),
+    "train.mixed_precision": (None, "no", "bf16", "fp16"),
+    "tracking.mode": ("auto", "online", "offline"),
+}
+
+
+def _flat_keys(container: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in container.items():
+        full = f"{prefix}{key}"
+        keys += _flat_keys(value, full + ".") if isinstance(value, dict) else [full]
+    return keys
+
+
+def _explain(err: OmegaConfBaseException, schema: DictConfig) -> str:
+    key = getattr(err, "full_key", None) or "?"
+    if isinstance(err, ConfigKeyError) or "not in" in str(err):
+        valid = _flat_keys(OmegaConf.to_container(schema, resolve=False))
+        close = difflib.get_close_matches(key, valid, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "see --print-config for the valid keys"
+        return f"unknown config key '{key}': {hint}"
+    if isinstance(err, ValidationError):
+        expected = getattr(err, "ref_type", None) or getattr(err, "object_type", None)
+        msg = str(err).splitlines()[0]
+        return f"bad value for '{key}': {msg} (expected {getattr(expected, '__name__', expected)})"
+    return f"bad config ({key}): {str(err).splitlines()[0]}"
+
+
+def _load_yaml_chain(file: Path, seen: tuple = ()) -> list:
+    """A config file may name a `base:` file (relative to itself) whose values it overrides."""
+    if not file.is_file():
+        raise ConfigError(f"config file '{file}' not found: pass --config configs/<run>.yaml")
+    if file.resolve() in seen:
+        raise ConfigError(f"config file '{file}' includes itself through 'base:': remove the loop")
+    try:
+        layer = OmegaConf.load(file)
+    except Exception as e:  # YAML syntax
+        raise ConfigError(f"config file '{file}' is not valid YAML ({str(e).splitlines()[0]}): fix its syntax")
+    base = layer.pop("base", None)
+    if base is None:
+        return [layer]
+    return _load_yaml_chain(file.parent / str(base), seen + (file.resolve(),)) + [layer]
+
+
+def load_config(path: str | None, overrides: list[str] | None = None) -> Config:
+    """YAML file (optional) + dotted overrides merged onto the typed schema, then checked."""
+    schema = OmegaConf.structured(Config)
+    layers = [schema]
+    if path is not None:
+        layers += _load_yaml_chain(Path(path))
+    for item in overrides or []:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override '{item}' is not key=value: write it like train.batch_size=64")
+    try:
+        layers.append(OmegaConf.from_dotlist(list(overrides or [])))
+        merged = OmegaConf.merge(*layers)
+        OmegaConf.resolve(merged)
+    except OmegaConfBaseException as e:
+        raise ConfigError(_explain(e, schema)) from None
+    cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    validate(cfg)
+    return cfg
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def validate(cfg: Config) -> None:
+    """Checks that need more than a type: choices, ranges and combinations."""
+    for key, choices in CHOICES.items():
+        value = _get(cfg, key)
+        if value not in choices:
+            shown = " | ".join("null" if c is None else str(c) for c in choices)
+            raise ConfigError(f"bad value {key}={value!r}: choose one of {shown}")
+    positive = ["train.batch_size", "train.n_critic", "train.grad_accum", "train.log_every",
+                "train.sample_every", "train.checkpoint_every", "train.keep_checkpoints",
+                "eval.batch_size", "data.image_size", "model.latent_dim"]
+    for key in positive:
+        if _get(cfg, key) < 1:
+            raise ConfigError(f"bad value {key}={_get(cfg, key)}: it must be at least 1")
+    for key in ["train.max_steps", "train.epochs", "eval.every", "data.limit", "eval.limit",
+                "data.num_workers", "train.grad_clip", "loss.gp_weight", "loss.beta"]:
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"bad value {key}={_get(cfg, key)}: it must not be negative")
+    if cfg.train.max_steps == 0 and cfg.train.epochs == 0:
+        raise ConfigError("no training length: set train.max_steps=N or train.epochs=N")
+    if not 0.0 <= cfg.train.ema_decay < 1.0:
+        raise ConfigError(f"bad value train.ema_decay={cfg.train.ema_decay}: use 0 (off) or a value in (0, 1)")
+    if not 0.0 <= cfg.loss.adv_lambda:
+        raise ConfigError(f"bad value loss.adv_lambda={cfg.loss.adv_lambda}: it must not be negative")
+    if cfg.loss.vaegan_weighting == "convex" and cfg.loss.adv_lambda > 1:
+        raise ConfigError("loss.adv_lambda > 1 with convex weighting: use a value in [0, 1] "
+                          "or loss.vaegan_weighting=additive")
+    kind, gen = cfg.model.kind, cfg.model.generator
+    if kind in ("vae", "vaegan") and gen not in ("mlp_vae", "conv_vae"):
+        raise ConfigError(f"model.kind={kind} needs a VAE: set model.generator=mlp_vae or conv_vae")
+    if kind == "gan" and gen != "dcgan":
+        raise ConfigError("model.kind=gan needs a generator network: set model.generator=dcgan")
+    if cfg.loss.gp_weight > 0 and cfg.model.d_norm == "batch":
+        raise ConfigError("a gradient penalty with batch norm in D is ill-defined: set model.d_norm=none or layer")
+    if cfg.model.conditional and kind != "gan":
+        raise ConfigError("model.conditional=true is supported for model.kind=gan only")
+    if gen == "conv_vae" or gen == "dcgan" or kind != "vae":
+        size = cfg.data.image_size
+        if size not in (28, 32, 64, 128):
+            raise ConfigError(f"bad value data.image_size={size}: conv models support 28, 32, 64 or 128")
+    if cfg.data.dataset == "folder" and cfg.data.download:
+        cfg.data.download = False  # nothing to download for an image folder
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Config) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]

@@ -1,0 +1,113 @@
+"""DCGAN generator and discriminators (the seed's architectures, sized by image size).
+
+At 64 px with widths 64 these are exactly the seed's DCGAN: G 100 -> 512x4x4 -> 256x8x8 -> 128x16x16
+-> 64x32x32 -> Cx64x64 with BatchNorm+ReLU and a Tanh output; D the mirror with LeakyReLU(0.2).
+D returns logits: the seed's ``Sigmoid`` + ``BCELoss`` is computed as ``BCEWithLogits`` in the loss
+(same value, numerically stable, safe under autocast); the parameters are the same.
+Conditional variants concatenate a label embedding to z (G) and a label map as an extra image
+channel (D).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch.nn.utils import spectral_norm
+
+from gen_dist.models.vae import conv_stages
+
+
+def _norm(kind: str, channels: int, size: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "layer":  # per-sample normalisation: valid with a gradient penalty
+        return nn.GroupNorm(1, channels)
+    return nn.Identity()
+
+
+class DCGANGenerator(nn.Module):
+    def __init__(self, latent_dim: int = 100, channels: int = 1, image_size: int = 64, width: int = 64,
+                 num_classes: int = 0, embed_dim: int = 100):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.num_classes = num_classes
+        stages, base = conv_stages(image_size)
+        self.embedding = nn.Embedding(num_classes, embed_dim) if num_classes else None
+        c_in = latent_dim + (embed_dim if num_classes else 0)
+        c = width * 2 ** (stages - 1)
+        layers = [nn.ConvTranspose2d(c_in, c, base, 1, 0, bias=False), nn.BatchNorm2d(c), nn.ReLU(True)]
+        for _ in range(stages - 1):
+            layers += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(c // 2), nn.ReLU(True)]
+            c //= 2
+        layers += [nn.ConvTranspose2d(c, channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embedding is not None:
+            z = torch.cat([z, self.embedding(labels).to(z.dtype)], dim=1)
+        return self.main(z.view(z.size(0), -1, 1, 1))
+
+
+class LabelMap(nn.Module):
+    """Class label -> one extra image channel, so a conditional D sees the label with the image."""
+
+    def __init__(self, num_classes: int, image_size: int):
+        super().__init__()
+        self.size = image_size
+        self.embedding = nn.Embedding(num_classes, image_size * image_size)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        label_map = self.embedding(labels).view(-1, 1, self.size, self.size).to(x.dtype)
+        return torch.cat([x, label_map], dim=1)
+
+
+class DCGANDiscriminator(nn.Module):
+    def __init__(self, channels: int = 1, image_size: int = 64, width: int = 64, norm: str = "batch",
+                 num_classes: int = 0):
+        super().__init__()
+        stages, base = conv_stages(image_size)
+        self.label_map = LabelMap(num_classes, image_size) if num_classes else None
+        c_in = channels + (1 if num_classes else 0)
+        layers: list[nn.Module] = [nn.Conv2d(c_in, width, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
+        c, size = width, image_size // 2
+        for _ in range(stages - 1):
+            size //= 2
+            layers += [nn.Conv2d(c, c * 2, 4, 2, 1, bias=False), _norm(norm, c * 2, size),
+                       nn.LeakyReLU(0.2, inplace=True)]
+            c *= 2
+        self.features = nn.Sequential(*layers)  # kept apart: feature matching reads it
+        self.head = nn.Conv2d(c, 1, base, 1, 0, bias=False)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.label_map is not None:
+            x = self.label_map(x, labels)
+        return self.head(self.features(x)).view(-1)
+
+
+class SNDiscriminator(nn.Module):
+    """The seed's StableDiscriminator: two spectral-norm convs and a spectral-norm linear layer."""
+
+    def __init__(self, channels: int = 1, image_size: int = 32, width: int = 64, num_classes: int = 0):
+        super().__init__()
+        self.label_map = LabelMap(num_classes, image_size) if num_classes else None
+        c_in = channels + (1 if num_classes else 0)
+        self.conv1 = spectral_norm(nn.Conv2d(c_in, width, 4, 2, 1))
+        self.conv2 = spectral_norm(nn.Conv2d(width, width * 2, 4, 2, 1))
+        self.fc = spectral_norm(nn.Linear(width * 2 * (image_size // 4) ** 2, 1))
+        self.act = nn.LeakyReLU(0.2)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.label_map is not None:
+            x = self.label_map(x, labels)
+        x = self.act(self.conv2(self.act(self.conv1(x))))
+        return self.fc(x.flatten(1)).view(-1)
+
+
+def init_dcgan_weights(module: nn.Module) -> None:
+    """DCGAN paper initialisation: conv weights N(0, 0.02), norm scales N(1, 0.02)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and not hasattr(m, "weight_orig"):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)

@@ -1,0 +1,48 @@
+"""Checks that run before any process group exists, so bad input fails fast with exit 2."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gen_dist.config import Config
+from gen_dist.engine import check_launch_environment
+from gen_dist.errors import DataError, UserError
+
+
+def check_run_dir(path: str) -> None:
+    run_dir = Path(path)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write_probe.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"run.dir='{path}' is not writable ({e.strerror or e}): choose a folder you can write, "
+                        "e.g. run.dir=runs/my_run") from None
+
+
+def check_data(cfg: Config) -> None:
+    """The dataset must be readable now, or downloadable later (data.download=true)."""
+    from gen_dist.data.arrays import load_arrays
+
+    if cfg.data.dataset == "folder":
+        if not Path(cfg.data.root).is_dir():
+            raise DataError(f"image folder data.root='{cfg.data.root}' does not exist: "
+                            "point data.root at a folder of class subfolders")
+        return
+    try:
+        load_arrays(cfg.data.dataset, cfg.data.root, train=True, download=False)
+    except DataError:
+        if not cfg.data.download:
+            raise
+        # absent but downloadable: the main process downloads it once training starts
+
+
+def preflight(cfg: Config) -> None:
+    check_launch_environment(cfg.train.mixed_precision)
+    check_run_dir(cfg.run.dir)
+    check_data(cfg)
+    resume = cfg.train.resume
+    if resume not in ("auto", "none") and not Path(resume).is_file():
+        raise UserError(f"train.resume='{resume}' does not exist: pass a checkpoint file, auto or none")

@@ -1,0 +1,45 @@
+"""Sample and reconstruction grids (PNG), drawn on the main process from fixed latents and images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torchvision.utils import save_image
+
+from gen_dist.data import to_model_range
+from gen_dist.noise import fixed_latents
+
+
+@torch.no_grad()
+def sample_grid(generator, cfg, num_classes: int, path: Path, n: int = 16) -> Path:
+    """16 images from the same latents at every save, so grids over time are comparable."""
+    device = next(generator.parameters()).device
+    z = fixed_latents(cfg.seed, n, cfg.model.latent_dim).to(device)
+    was_training = generator.training
+    generator.eval()
+    if cfg.model.kind == "gan":
+        labels = torch.arange(n, device=device) % max(num_classes, 1)
+        images = generator(z, labels) if cfg.model.conditional else generator(z)
+        images = (images.float() + 1) / 2  # tanh range -> [0, 1]
+    else:
+        images = generator.decoder(z).float()
+    generator.train(was_training)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images.clamp(0, 1), path, nrow=4)
+    return path
+
+
+@torch.no_grad()
+def reconstruction_grid(vae, test_images: torch.Tensor, cfg, path: Path, n: int = 8) -> Path:
+    """Top row: the first n test images; bottom row: their reconstructions from the posterior mean."""
+    device = next(vae.parameters()).device
+    x = to_model_range(test_images[:n].to(device), cfg.data.image_size, signed=False)
+    was_training = vae.training
+    vae.eval()
+    mu, _ = vae.encoder(x)
+    recon = vae.decoder(mu).float()
+    vae.train(was_training)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(torch.cat([x, recon]).clamp(0, 1), path, nrow=n)
+    return path

@@ -1,0 +1,310 @@
+"""The training loop: build everything from the config, resume, run steps, log, sample, evaluate, save.
+
+Read top to bottom: ``Trainer.__init__`` builds, ``train`` loops, the methods below it are the loop's
+paragraphs. Distribution is the engine's business; the steps are data (see steps.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from gen_dist import checkpoint as ckpt
+from gen_dist.config import Config, to_dict, to_yaml
+from gen_dist.data import ArrayLoader, load_dataset, to_model_range
+from gen_dist.engine import Engine
+from gen_dist.evaluation import evaluate_vae
+from gen_dist.models import build_models
+from gen_dist.noise import Noise
+from gen_dist.samples import reconstruction_grid, sample_grid
+from gen_dist.steps import build_phases
+from gen_dist.tracking import Tracker, new_run_id
+
+
+def _adam(params, c):
+    return torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run.dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.engine = e = Engine(cfg.train.mixed_precision, cfg.seed)
+        self.kind = cfg.model.kind
+
+        # data: the main process first, so only it downloads
+        with e.accelerator.main_process_first():
+            self.train_set = load_dataset(cfg.data, train=True)
+            self.test_set = load_dataset(cfg.data, train=False)
+        self.loader = ArrayLoader(self.train_set.images, self.train_set.labels, cfg.train.batch_size, e.rank,
+                                  e.world, cfg.seed, pin_memory=e.device.type == "cuda")
+        self.num_classes = len(self.train_set.classes)
+
+        # models and optimizers, prepared by the engine (DDP, mixed precision)
+        models = build_models(cfg.model, self.train_set.channels, cfg.data.image_size, self.num_classes)
+        opt_g = _adam(models.generator.parameters(), cfg.optim.g)
+        if models.discriminator is not None:
+            opt_d = _adam(models.discriminator.parameters(), cfg.optim.d)
+            self.G, self.D, self.opt_g, self.opt_d = e.prepare(models.generator, models.discriminator, opt_g, opt_d)
+        else:
+            self.G, self.opt_g = e.prepare(models.generator, opt_g)
+            self.D = self.opt_d = None
+        self.ema = None
+        if cfg.train.ema_decay > 0:
+            self.ema = AveragedModel(e.unwrap(self.G), multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay),
+                                     use_buffers=True)
+        self.phases = build_phases(cfg, self.G, self.D, self.opt_g, self.opt_d, e.unwrap)
+        for phase in self.phases:
+            if cfg.loss.batch_sum:
+                phase.scale *= e.world  # DDP averages over ranks; the seed's loss sums the global batch
+        self.noise = Noise(cfg.seed, e.rank, e.world, e.device)
+
+        # length, counted in optimizer steps of G (or the VAE)
+        data_phases = sum(p.fresh_data for p in self.phases)
+        self.batches_per_step = data_phases * cfg.train.grad_accum
+        self.max_steps = cfg.train.max_steps or max(
+            1, cfg.train.epochs * self.loader.batches_per_epoch() // self.batches_per_step)
+        self.step, self.images_seen = 0, 0
+        self.best: dict | None = None
+        self.run_id = new_run_id()
+        self._iter = None
+        self._micro: list = []
+        self._sums: dict[str, torch.Tensor] = {}
+        self._counts: dict[str, int] = {}
+
+        self._resume()
+        if e.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+        self.run_id = e.gather_object(self.run_id)[0]  # rank 0's id, so every rank agrees
+        self.tracker = Tracker(self.run_dir, cfg.tracking, to_dict(cfg), self.run_id, enabled=e.is_main)
+
+    # ----------------------------------------------------------------------------------------
+    def train(self) -> None:
+        cfg, e = self.cfg, self.engine
+        bar = None
+        if e.is_main and cfg.train.progress_bar:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
+                       desc=f"{self.kind} {self.run_dir.name}")
+        self._t_log, self._images_at_log = time.time(), self.images_seen
+        while self.step < self.max_steps:
+            self._train_step()
+            self.step += 1
+            last = self.step == self.max_steps
+            if bar is not None:
+                bar.update(1)
+            if self.step % cfg.train.log_every == 0 or last:
+                logged = self._log()
+                if bar is not None:
+                    bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logged.items() if k.startswith("loss/")})
+            if e.is_main and (self.step % cfg.train.sample_every == 0 or last):
+                self._save_samples()
+            if (cfg.eval.every and self.step % cfg.eval.every == 0) or last:
+                self._evaluate()
+            if self.step % cfg.train.checkpoint_every == 0 or last:
+                self._save_checkpoint()
+        if bar is not None:
+            bar.close()
+        self._check_ranks_in_sync()
+        e.barrier()
+        self.tracker.finish()
+        e.end()
+
+    # --- one step: each phase optimises its model on its micro-batches ------------------------
+    def _train_step(self) -> None:
+        cfg, e = self.cfg, self.engine
+        accum = cfg.train.grad_accum
+        for p_idx, phase in enumerate(self.phases):
+            for frozen in phase.frozen:  # D during G's step: G's loss must not reach D's grads
+                frozen.requires_grad_(False)
+            if phase.fresh_data:
+                self._micro = [self._next_batch() for _ in range(accum)]
+            for i, batch in enumerate(self._micro):
+                draw = self._drawer((self.step, p_idx, i), batch[0].shape[0])
+                with e.no_sync(phase.model, sync=i == accum - 1):
+                    loss, logs = phase.loss(batch, draw)
+                    e.backward(loss * (phase.scale / accum))
+                self._accumulate(logs)
+            e.step(phase.model, phase.optimizer, cfg.train.grad_clip)
+            for frozen in phase.frozen:
+                frozen.requires_grad_(True)
+        if self.ema is not None:
+            self.ema.update_parameters(e.unwrap(self.G))
+
+    def _drawer(self, key, batch):
+        def draw(name, *shape):
+            sampler = self.noise.uniform if name == "alpha" else self.noise.normal
+            return sampler(key, name, batch, *shape)
+
+        return draw
+
+    def _next_batch(self):
+        while True:
+            if self._iter is None:
+                self._iter = iter(self.loader)
+            try:
+                images, labels = next(self._iter)
+                break
+            except StopIteration:  # epoch over: the loader moved its position to the next epoch
+                self._iter = None
+        self.images_seen += images.shape[0] * self.engine.world
+        device = self.engine.device
+        x = to_model_range(images.to(device, non_blocking=True), self.cfg.data.image_size,
+                           signed=self.kind == "gan")
+        return x, labels.to(device, non_blocking=True)
+
+    # --- logging: losses averaged over the interval and over ranks ---------------------------
+    def _accumulate(self, logs: dict) -> None:
+        for k, v in logs.items():
+            self._sums[k] = self._sums.get(k, 0.0) + v.float()
+            self._counts[k] = self._counts.get(k, 0) + 1
+
+    def _log(self) -> dict:
+        keys = sorted(self._sums)
+        local = torch.stack([self._sums[k] / self._counts[k] for k in keys]).to(self.engine.device)
+        values = self.engine.reduce_mean(local).tolist()
+        self._sums.clear(), self._counts.clear()
+        now = time.time()
+        row = dict(zip(keys, values))
+        row.update({"images_seen": self.images_seen, "epoch": self.loader.position.epoch,
+                    "img_per_s": (self.images_seen - self._images_at_log) / max(now - self._t_log, 1e-9),
+                    "lr/G": self.opt_g.param_groups[0]["lr"]})
+        if self.step <= self.cfg.train.log_every:  # once: how the data was split
+            row.update({"data/dropped_per_epoch": self.loader.stats.dropped_per_epoch,
+                        "data/samples_per_epoch": self.loader.stats.samples_per_epoch})
+        self._t_log, self._images_at_log = now, self.images_seen
+        self.tracker.log(self.step, row)
+        return row
+
+    # --- samples, evaluation, best model ------------------------------------------------------
+    def _inference_model(self):
+        return self.ema.module if self.ema is not None else self.engine.unwrap(self.G)
+
+    def _save_samples(self) -> None:
+        model = self._inference_model()
+        folder = self.run_dir / "samples"
+        images = {"samples": sample_grid(model, self.cfg, self.num_classes, folder / f"step_{self.step:09d}.png")}
+        if self.kind != "gan":
+            images["reconstructions"] = reconstruction_grid(model, self.test_set.images, self.cfg,
+                                                            folder / f"recon_step_{self.step:09d}.png")
+        self.tracker.log_images(self.step, images)
+
+    def _evaluate(self) -> None:
+        metrics: dict = {}
+        if self.kind in ("vae", "vaegan"):
+            metrics.update(evaluate_vae(self._inference_model(), self.test_set, self.cfg, self.engine))
+        if not metrics:
+            return
+        self.tracker.log(self.step, {"images_seen": self.images_seen, **metrics})
+        if self.engine.is_main:
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+            print(f"gen_dist: eval at step {self.step}: {shown}", flush=True)
+        name = self.cfg.eval.best_metric
+        if name == "auto":
+            name = "test/loss" if self.kind in ("vae", "vaegan") else "fid"
+        if name in metrics and (self.best is None or metrics[name] < self.best["value"]):
+            self.best = {"metric": name, "value": float(metrics[name]), "step": self.step}
+            self._save_best()
+
+    def _check_ranks_in_sync(self) -> None:
+        """DDP keeps parameters equal on every rank; prove it once at the end (a cheap hash each)."""
+        h = hashlib.sha256()
+        for model in (self.G, self.D):
+            if model is not None:
+                for p in self.engine.unwrap(model).parameters():
+                    h.update(p.detach().float().cpu().numpy().tobytes())
+        hashes = self.engine.gather_object(h.hexdigest()[:16])
+        same = len(set(hashes)) == 1
+        self.tracker.log(self.step, {"sync/params_identical": int(same), "sync/param_hashes": hashes})
+        if not same:
+            warnings.warn(f"parameters differ across ranks at the end of training: {hashes}", stacklevel=2)
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def _state(self) -> dict:
+        e = self.engine
+        rng = e.gather_object(ckpt.rng_state())  # every rank's generators: a collective call
+        D = e.unwrap(self.D) if self.D is not None else None
+        return {
+            "format": ckpt.FORMAT, "step": self.step, "images_seen": self.images_seen,
+            "data": self.loader.position.as_dict(), "world_size": e.world,
+            "models": {"G": e.unwrap(self.G).state_dict(), "D": D.state_dict() if D is not None else None},
+            "optimizers": {"G": self.opt_g.state_dict(), "D": self.opt_d.state_dict() if self.opt_d else None},
+            "scaler": e.scaler.state_dict() if e.scaler is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": rng, "best": self.best, "wandb_run_id": self.run_id, "config": to_dict(self.cfg),
+        }
+
+    def _save_checkpoint(self) -> None:
+        state = self._state()
+        if self.engine.is_main:
+            ckpt.atomic_save(state, ckpt.step_path(self.ckpt_dir, self.step))
+            ckpt.prune(self.ckpt_dir, self.cfg.train.keep_checkpoints)
+
+    def _save_best(self) -> None:
+        """The seed's export ({'G_state', 'D_state', 'optimizerG', 'optimizerD', 'fid'}) plus full state."""
+        state = self._state()
+        if not self.engine.is_main:
+            return
+        g_state = self.ema.module.state_dict() if self.ema is not None else state["models"]["G"]
+        seed_format = {"G_state": g_state, "D_state": state["models"]["D"],
+                       "optimizerG": state["optimizers"]["G"], "optimizerD": state["optimizers"]["D"],
+                       "fid": self.best["value"] if self.best["metric"] == "fid" else None,
+                       "metric": self.best, "config": state["config"]}
+        ckpt.atomic_save(seed_format, self.ckpt_dir / "best.pt")
+        ckpt.atomic_save(state, self.ckpt_dir / "best_state.pt")
+
+    def _resume(self) -> None:
+        mode = self.cfg.train.resume
+        if mode == "none":
+            return
+        if mode == "auto":
+            found = ckpt.latest_valid(self.ckpt_dir)
+            if found is None:
+                return
+            path, state = found
+        else:
+            path, state = Path(mode), ckpt.load(mode)
+        e = self.engine
+        e.unwrap(self.G).load_state_dict(state["models"]["G"])
+        self.opt_g.load_state_dict(state["optimizers"]["G"])
+        if self.D is not None:
+            e.unwrap(self.D).load_state_dict(state["models"]["D"])
+            self.opt_d.load_state_dict(state["optimizers"]["D"])
+        if state["scaler"] is not None and e.scaler is not None:
+            e.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.step, self.images_seen = state["step"], state["images_seen"]
+        self.best, self.run_id = state["best"], state["wandb_run_id"]
+        data = state["data"]
+        if state["world_size"] == e.world:
+            ckpt.set_rng_state(state["rng"][e.rank])
+            self.loader.set_position(data["epoch"], data["batches_consumed"])
+        else:  # keep the images already consumed this epoch, re-counted in the new global batch
+            warnings.warn(f"resuming a {state['world_size']}-process checkpoint on {e.world} processes: "
+                          "random streams restart and the epoch position is approximate", stacklevel=2)
+            seen = data["batches_consumed"] * state["world_size"]
+            self.loader.set_position(data["epoch"], seen // e.world)
+        if e.is_main:
+            self._truncate_metrics(self.step)
+            print(f"gen_dist: resumed from {path} at step {self.step}", flush=True)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Rows logged after the checkpoint by the interrupted run are replaced by the resumed run's."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        rows = [line for line in path.read_text().splitlines() if line.strip()]
+        kept = [r for r in rows if json.loads(r).get("step", 0) <= step]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(r + "\n" for r in kept))
+        tmp.replace(path)

@@ -1,0 +1,69 @@
+"""Shared test helpers: where the real data is, and how to launch the real training script."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+ACCELERATE = str(Path(PYTHON).with_name("accelerate"))
+
+# Small models so that a multi-process launch takes seconds on two CPU cores.
+TINY = ["data.limit=512", "train.batch_size=16", "eval.limit=64", "eval.batch_size=64", "model.g_width=8",
+        "model.d_width=8", "model.hidden_dim=32", "train.progress_bar=false", "train.log_every=1"]
+
+
+def _has_mnist(root: Path, name: str = "MNIST") -> bool:
+    return (root / name / "raw").is_dir() and any((root / name / "raw").iterdir())
+
+
+@pytest.fixture(scope="session")
+def data_root() -> str:
+    """GEN_DIST_DATA (default ../shared/data); if MNIST is not there, download it once to a cache."""
+    root = Path(os.environ.get("GEN_DIST_DATA", REPO.parent / "shared" / "data"))
+    if _has_mnist(root) and _has_mnist(root, "FashionMNIST"):
+        return str(root)
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gen_dist" / "data"
+    try:
+        import torchvision.datasets as tvd
+
+        for cls in (tvd.MNIST, tvd.FashionMNIST):
+            for train in (True, False):
+                cls(str(cache), train=train, download=True)
+    except Exception as e:  # offline and no local copy: these tests cannot run
+        pytest.fail(f"MNIST is not under {root} and could not be downloaded ({e}); set GEN_DIST_DATA")
+    return str(cache)
+
+
+def run_env(data_root: str, **extra) -> dict:
+    env = dict(os.environ)
+    env.update(GEN_DIST_DATA=data_root, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               WANDB_MODE="offline", WANDB_SILENT="true", ACCELERATE_USE_CPU="1", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def train_cmd(nproc: int, *args: str) -> list[str]:
+    script = [str(REPO / "launch" / "train.py"), *args]
+    if nproc == 1:
+        return [PYTHON, *script]
+    return [ACCELERATE, "launch", "--multi_gpu", "--num_processes", str(nproc), "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", *script]
+
+
+def train(data_root: str, nproc: int, *args: str, timeout: int = 300, check: bool = True, env=None):
+    proc = subprocess.run(train_cmd(nproc, *args), cwd=REPO, env=env or run_env(data_root),
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"training failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
