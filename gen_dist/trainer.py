@@ -248,19 +248,22 @@ class Trainer:
         if self.engine.is_main:
             ckpt.atomic_save(state, ckpt.step_path(self.ckpt_dir, self.step))
             ckpt.prune(self.ckpt_dir, self.cfg.train.keep_checkpoints)
+            if self.step == self.max_steps:  # the last model in the seed's format, for inference
+                ckpt.atomic_save(self._seed_format(state, None), self.ckpt_dir / "final.pt")
+
+    def _seed_format(self, state: dict, metric: dict | None) -> dict:
+        """The seed's export: {'G_state', 'D_state', 'optimizerG', 'optimizerD', 'fid'} (+ what made it)."""
+        g_state = self.ema.module.state_dict() if self.ema is not None else state["models"]["G"]
+        return {"G_state": g_state, "D_state": state["models"]["D"],
+                "optimizerG": state["optimizers"]["G"], "optimizerD": state["optimizers"]["D"],
+                "fid": metric["value"] if metric and metric["metric"] == "fid" else None,
+                "metric": metric, "step": state["step"], "config": state["config"]}
 
     def _save_best(self) -> None:
-        """The seed's export ({'G_state', 'D_state', 'optimizerG', 'optimizerD', 'fid'}) plus full state."""
         state = self._state()
-        if not self.engine.is_main:
-            return
-        g_state = self.ema.module.state_dict() if self.ema is not None else state["models"]["G"]
-        seed_format = {"G_state": g_state, "D_state": state["models"]["D"],
-                       "optimizerG": state["optimizers"]["G"], "optimizerD": state["optimizers"]["D"],
-                       "fid": self.best["value"] if self.best["metric"] == "fid" else None,
-                       "metric": self.best, "config": state["config"]}
-        ckpt.atomic_save(seed_format, self.ckpt_dir / "best.pt")
-        ckpt.atomic_save(state, self.ckpt_dir / "best_state.pt")
+        if self.engine.is_main:
+            ckpt.atomic_save(self._seed_format(state, self.best), self.ckpt_dir / "best.pt")
+            ckpt.atomic_save(state, self.ckpt_dir / "best_state.pt")
 
     def _resume(self) -> None:
         mode = self.cfg.train.resume
