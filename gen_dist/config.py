@@ -30,7 +30,13 @@ class DataConfig:
     download: bool = True  # download into root when the data is absent (needs network)
     image_size: int = 28  # images are resized to this square size
     limit: int = 0  # use only the first N training images (0 = all); for quick trials
-    num_workers: int = 0  # loader worker processes (array sources need none)
+    shards: Optional[str] = "auto"  # training shards: folder, manifest, brace pattern or URL;
+    #   auto = the torchvision source converted once into data.shard_cache; null = no shards
+    test_shards: Optional[str] = "auto"  # evaluation shards (test split), same forms
+    shard_cache: str = "${oc.env:GEN_DIST_SHARDS,shards}"  # where `auto` writes and finds shards
+    samples_per_shard: int = 10000  # shard size for `auto`
+    strict: bool = False  # a damaged shard stops the run (naming it) instead of being skipped
+    num_workers: int = 2  # shard-reading worker processes per rank (0 = read in the main process)
 
 
 @dataclass
@@ -95,9 +101,26 @@ class TrainConfig:
 class EvalConfig:
     every: int = 0  # steps between evaluations (0 = only at the end)
     batch_size: int = 256  # per process
-    limit: int = 0  # evaluate on the first N test images (0 = all)
-    best_metric: str = "auto"  # metric that picks the best checkpoint; auto = by model kind
+    limit: int = 0  # evaluate on the first N test images (0 = all): reconstructions and FID's real side
+    best_metric: str = "auto"  # metric that picks the best checkpoint; auto = fid if computed, else test/loss
+    # sample quality (Inception features; pytorch-fid's network)
+    fid: bool = True  # FID of generated samples against the test split
+    num_samples: int = 10000  # generated samples; sample i's latent is seeded by i (any world size)
+    kid: bool = True  # KID (unbiased, cubic polynomial kernel) over subsets
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    precision_recall: bool = True  # improved precision/recall (Kynkaanniemi et al. 2019)
+    pr_k: int = 3  # k of the k-NN radii
+    max_features: int = 10000  # raw feature rows kept per set for KID/PR (memory bound)
+    inception_score: bool = False  # needs a real classifier (eval.inception_weights with its fc)
     inception_weights: Optional[str] = None  # local FID Inception weights (offline clusters)
+    stats_cache: str = "${oc.env:GEN_DIST_FID_CACHE,fid_stats}"  # real-data feature cache folder
+    # VAE
+    iwae_k: int = 0  # importance samples for the IWAE bound (0 = off, e.g. 5000)
+    iwae_images: int = 1000  # test images the IWAE bound is averaged over (it costs k decodes each)
+    collapse_threshold: float = 0.1  # KL per image (nats) below which the posterior counts as collapsed
+    collapse_patience: int = 3  # evaluations in a row below the threshold before it is declared
+    collapse_stop: bool = True  # stop training (with a checkpoint) when collapse is declared
 
 
 @dataclass
@@ -176,10 +199,14 @@ def _load_yaml_chain(file: Path, seen: tuple = ()) -> list:
     return _load_yaml_chain(file.parent / str(base), seen + (file.resolve(),)) + [layer]
 
 
-def load_config(path: str | None, overrides: list[str] | None = None) -> Config:
-    """YAML file (optional) + dotted overrides merged onto the typed schema, then checked."""
+def load_config(path: str | None, overrides: list[str] | None = None, base: dict | None = None,
+                training: bool = True) -> Config:
+    """YAML file (optional; or `base`, e.g. the config saved in a checkpoint) + dotted overrides
+    merged onto the typed schema, then checked."""
     schema = OmegaConf.structured(Config)
     layers = [schema]
+    if base is not None:
+        layers.append(OmegaConf.create(base))
     if path is not None:
         layers += _load_yaml_chain(Path(path))
     for item in overrides or []:
@@ -192,7 +219,7 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> Config:
     except OmegaConfBaseException as e:
         raise ConfigError(_explain(e, schema)) from None
     cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    validate(cfg)
+    validate(cfg, training)
     return cfg
 
 
@@ -203,7 +230,7 @@ def _get(cfg: Config, dotted: str) -> Any:
     return node
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: Config, training: bool = True) -> None:
     """Checks that need more than a type: choices, ranges and combinations."""
     for key, choices in CHOICES.items():
         value = _get(cfg, key)
@@ -216,11 +243,15 @@ def validate(cfg: Config) -> None:
     for key in positive:
         if _get(cfg, key) < 1:
             raise ConfigError(f"bad value {key}={_get(cfg, key)}: it must be at least 1")
-    for key in ["train.max_steps", "train.epochs", "eval.every", "data.limit", "eval.limit",
+    for key in ["eval.num_samples", "eval.kid_subsets", "eval.kid_subset_size", "eval.pr_k", "eval.max_features",
+                "eval.iwae_images", "eval.collapse_patience"]:
+        if _get(cfg, key) < 1:
+            raise ConfigError(f"bad value {key}={_get(cfg, key)}: it must be at least 1")
+    for key in ["train.max_steps", "train.epochs", "eval.every", "data.limit", "eval.limit", "eval.iwae_k",
                 "data.num_workers", "train.grad_clip", "loss.gp_weight", "loss.beta"]:
         if _get(cfg, key) < 0:
             raise ConfigError(f"bad value {key}={_get(cfg, key)}: it must not be negative")
-    if cfg.train.max_steps == 0 and cfg.train.epochs == 0:
+    if training and cfg.train.max_steps == 0 and cfg.train.epochs == 0:
         raise ConfigError("no training length: set train.max_steps=N or train.epochs=N")
     if not 0.0 <= cfg.train.ema_decay < 1.0:
         raise ConfigError(f"bad value train.ema_decay={cfg.train.ema_decay}: use 0 (off) or a value in (0, 1)")
@@ -242,6 +273,14 @@ def validate(cfg: Config) -> None:
         size = cfg.data.image_size
         if size not in (28, 32, 64, 128):
             raise ConfigError(f"bad value data.image_size={size}: conv models support 28, 32, 64 or 128")
+    explicit = [s for s in (cfg.data.shards, cfg.data.test_shards) if s not in (None, "auto")]
+    if cfg.data.limit and cfg.data.shards not in (None, "auto"):
+        raise ConfigError("data.limit needs data.shards=auto or null (it cannot cut given shards): "
+                          "write smaller shards with launch/make_shards.py --limit N")
+    if explicit and any(not s.strip() for s in explicit):
+        raise ConfigError("empty data.shards / data.test_shards: give a shard folder, manifest, pattern or URL")
+    if cfg.data.samples_per_shard < 1:
+        raise ConfigError(f"bad value data.samples_per_shard={cfg.data.samples_per_shard}: it must be at least 1")
     if cfg.data.dataset == "folder" and cfg.data.download:
         cfg.data.download = False  # nothing to download for an image folder
 

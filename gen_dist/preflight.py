@@ -39,10 +39,27 @@ def check_data(cfg: Config) -> None:
         # absent but downloadable: the main process downloads it once training starts
 
 
+def check_sources(cfg: Config) -> None:
+    """Given shards must exist now; `auto` shards and direct reads need the torchvision source."""
+    from gen_dist.data.sources import auto_shard_dir
+    from gen_dist.data.shards import check_shards
+
+    needs_source = False
+    for split, spec in (("train", cfg.data.shards), ("test", cfg.data.test_shards)):
+        if spec is None:
+            needs_source = True
+        elif spec == "auto":
+            needs_source |= not (auto_shard_dir(cfg.data, split) / "manifest.json").is_file()
+        else:
+            check_shards(spec, strict=cfg.data.strict)
+    if needs_source:
+        check_data(cfg)
+
+
 def preflight(cfg: Config) -> None:
     check_launch_environment(cfg.train.mixed_precision)
     check_run_dir(cfg.run.dir)
-    check_data(cfg)
+    check_sources(cfg)
     resume = cfg.train.resume
     if resume not in ("auto", "none") and not Path(resume).is_file():
         raise UserError(f"train.resume='{resume}' does not exist: pass a checkpoint file, auto or none")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +19,15 @@ ACCELERATE = str(Path(PYTHON).with_name("accelerate"))
 
 # Small models so that a multi-process launch takes seconds on two CPU cores.
 TINY = ["data.limit=512", "train.batch_size=16", "eval.limit=64", "eval.batch_size=64", "model.g_width=8",
-        "model.d_width=8", "model.hidden_dim=32", "train.progress_bar=false", "train.log_every=1"]
+        "model.d_width=8", "model.hidden_dim=32", "train.progress_bar=false", "train.log_every=1",
+        "data.num_workers=0", "eval.fid=false", "eval.kid=false", "eval.precision_recall=false"]
+
+WEIGHTS = os.environ.get("GEN_DIST_INCEPTION_WEIGHTS",
+                         str(REPO.parent / "shared" / "weights" / "pt_inception-2015-12-05-6726825d.pth"))
+
+# Shards that `data.shards=auto` writes go to a folder of this test session, removed at exit.
+SHARD_CACHE = tempfile.mkdtemp(prefix="gen_dist_shards_")
+atexit.register(shutil.rmtree, SHARD_CACHE, ignore_errors=True)
 
 
 def _has_mnist(root: Path, name: str = "MNIST") -> bool:
@@ -44,21 +55,23 @@ def data_root() -> str:
 def run_env(data_root: str, **extra) -> dict:
     env = dict(os.environ)
     env.update(GEN_DIST_DATA=data_root, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               WANDB_MODE="offline", WANDB_SILENT="true", ACCELERATE_USE_CPU="1", PYTHONUNBUFFERED="1")
+               WANDB_MODE="offline", WANDB_SILENT="true", ACCELERATE_USE_CPU="1", PYTHONUNBUFFERED="1",
+               GEN_DIST_SHARDS=SHARD_CACHE)
     env.update(extra)
     return env
 
 
-def train_cmd(nproc: int, *args: str) -> list[str]:
-    script = [str(REPO / "launch" / "train.py"), *args]
+def train_cmd(nproc: int, *args: str, script: str = "train.py") -> list[str]:
+    script = [str(REPO / "launch" / script), *args]
     if nproc == 1:
         return [PYTHON, *script]
     return [ACCELERATE, "launch", "--multi_gpu", "--num_processes", str(nproc), "--num_machines", "1",
             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", *script]
 
 
-def train(data_root: str, nproc: int, *args: str, timeout: int = 300, check: bool = True, env=None):
-    proc = subprocess.run(train_cmd(nproc, *args), cwd=REPO, env=env or run_env(data_root),
+def train(data_root: str, nproc: int, *args: str, timeout: int = 300, check: bool = True, env=None,
+          script: str = "train.py"):
+    proc = subprocess.run(train_cmd(nproc, *args, script=script), cwd=REPO, env=env or run_env(data_root),
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"training failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")

@@ -86,7 +86,8 @@ def test_cli_missing_config_file_exits_2(data_root):
 
 def test_cli_missing_dataset_exits_2(data_root, tmp_path):
     line = _one_error_line(_run(data_root, "--config", "configs/vae_mnist.yaml", f"data.root={tmp_path}",
-                                "data.download=false", f"run.dir={tmp_path / 'run'}"))
+                                "data.download=false", f"run.dir={tmp_path / 'run'}",
+                                f"data.shard_cache={tmp_path / 'cache'}"))
     assert "mnist not found" in line and "data.root" in line
 
 

@@ -2,36 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from gen_dist.data.arrays import ArrayLoader, load_arrays
 from gen_dist.data.base import BatchLoader, DataPosition, DataStats
+from gen_dist.data.sources import Dataset, Sources, build_train_loader, load_dataset, prepare_sources
 
-__all__ = ["ArrayLoader", "BatchLoader", "DataPosition", "DataStats", "Dataset", "load_dataset", "to_model_range"]
-
-
-@dataclass
-class Dataset:
-    """One split in memory: images uint8 [N, C, H, W] at their stored size, labels int64 [N]."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    classes: list
-
-    @property
-    def channels(self) -> int:
-        return self.images.shape[1]
-
-
-def load_dataset(cfg, train: bool) -> Dataset:
-    """cfg: the `data` section of the config."""
-    images, labels, classes = load_arrays(cfg.dataset, cfg.root, train, cfg.download, cfg.image_size)
-    if train and cfg.limit:
-        images, labels = images[: cfg.limit], labels[: cfg.limit]
-    return Dataset(images, labels, classes)
+__all__ = ["ArrayLoader", "BatchLoader", "DataPosition", "DataStats", "Dataset", "Sources", "build_train_loader",
+           "load_arrays", "load_dataset", "prepare_sources", "to_model_range"]
 
 
 def to_model_range(images: torch.Tensor, image_size: int, signed: bool) -> torch.Tensor:
