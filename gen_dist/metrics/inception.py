@@ -1,0 +1,156 @@
+"""The Inception networks behind the metrics, loaded offline-first, and the images they are fed.
+
+FID, KID and precision/recall use pytorch-fid's own `InceptionV3` (pool3, 2048-d) fed exactly as its
+PNG-folder pipeline feeds it: uint8 pixels / 255, grey copied to R, G, B, bilinear resize to 299 and
+scaling to [-1, 1] inside the network. Our features therefore equal `python -m pytorch_fid` on the
+same images saved as PNG.
+
+Inception Score needs a classifier. The published IS network is the same 2015 TF Inception, whose
+softmax layer pytorch-fid's weights file carries as `fc` (1008 classes) although its `InceptionV3`
+never uses it; we attach it as `model.fc` and note `model.fc_is_zero` (a copy converted without the
+classifier has it all zeros, and IS from it would be exactly 1). `load_imagenet_classifier` is the
+fallback: torchvision's ImageNet Inception-v3, if the user supplies its weights.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+from unittest import mock
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+import pytorch_fid.inception as pfi
+
+from gen_dist.errors import UserError
+
+FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+FEATURE_DIM = 2048
+
+
+class MetricsError(UserError, ValueError):
+    """A metric that cannot be computed as asked: the message names the problem and the fix."""
+
+
+def _read_state_dict(path: str | os.PathLike, key: str) -> dict:
+    if not Path(path).is_file():
+        raise MetricsError(f"{key}={path}: no such file; give the path of a local copy")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip or weights_only errors all mean "not a state dict"
+        raise MetricsError(f"{key}={path} is not a readable state dict ({type(e).__name__})") from e
+    if not isinstance(sd, dict):
+        raise MetricsError(f"{key}={path} holds a {type(sd).__name__}, not a state dict")
+    return sd
+
+
+def _first_problem(e: RuntimeError, width: int = 120) -> str:
+    """The first specific line of load_state_dict's multi-line error, shortened for a one-line message."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    line = lines[1] if len(lines) > 1 else (lines[0] if lines else type(e).__name__)
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
+def _fid_state_dict(weights: Optional[str]) -> tuple[dict, str]:
+    """Local file, else the torch hub cache pytorch-fid itself uses, else pytorch-fid's download."""
+    if weights:
+        return _read_state_dict(weights, "eval.inception_weights"), str(weights)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_FILE
+    if cached.is_file():
+        return _read_state_dict(cached, "torch hub cache"), str(cached)
+    try:
+        sd = torch.hub.load_state_dict_from_url(pfi.FID_WEIGHTS_URL, progress=False,
+                                                map_location="cpu", weights_only=True)
+    except Exception as e:  # offline: URLError, socket errors, HTTP errors
+        raise MetricsError(
+            f"FID Inception weights are not cached and could not be downloaded ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); set eval.inception_weights to a local "
+            f"{FID_WEIGHTS_FILE}") from e
+    return sd, pfi.FID_WEIGHTS_URL
+
+
+def load_inception(weights: Optional[str] = None, device: torch.device | str = "cpu") -> nn.Module:
+    """pytorch-fid's `InceptionV3([3])` in eval mode, plus `fc` (its classifier, for IS) and
+    `fc_is_zero`, `weights_source` attributes."""
+    sd, source = _fid_state_dict(weights)
+    # pytorch-fid takes no weights path: it always asks torch hub. Hand it our state dict instead,
+    # so the architecture (its patched FID blocks) stays exactly pytorch-fid's.
+    try:
+        with mock.patch.object(pfi, "load_state_dict_from_url", lambda *a, **k: sd):
+            model = pfi.InceptionV3([pfi.InceptionV3.DEFAULT_BLOCK_INDEX])
+    except RuntimeError as e:  # strict load_state_dict: missing/unexpected keys or shapes
+        raise MetricsError(
+            f"{source} is not pytorch-fid's FID Inception state dict ({_first_problem(e)}); "
+            f"set eval.inception_weights to {FID_WEIGHTS_FILE}") from e
+    fc = nn.Linear(FEATURE_DIM, sd["fc.weight"].shape[0])
+    fc.load_state_dict({"weight": sd["fc.weight"], "bias": sd["fc.bias"]})
+    fc.requires_grad_(False)
+    model.fc = fc  # a registered child, moved with .to(); InceptionV3.forward ignores it
+    model.fc_is_zero = not bool(fc.weight.any())
+    model.weights_source = source
+    return model.to(device).eval()
+
+
+def to_inception_input(images: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] images (uint8, or floats in [0, 1]; C = 1 or 3) -> 3-channel float32 in [0, 1]
+    quantised as a PNG would be: the same pixels pytorch-fid reads from PNG files."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise MetricsError(f"images must be [B, 1 or 3, H, W], got {list(images.shape)}")
+    if images.dtype != torch.uint8:
+        # Round as torchvision.utils.save_image does, so saved-then-read samples match too.
+        images = images.float().mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+    x = images.to(torch.float32).div(255)  # ToTensor's arithmetic, bit for bit
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x  # PIL convert("RGB") copies L
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Pool3 features [B, 2048] float32, on the model's device."""
+    device = next(model.parameters()).device
+    x = to_inception_input(images.to(device))
+    return model(x)[0].flatten(1)  # resize to 299 and [-1, 1] scaling happen inside
+
+
+def load_imagenet_classifier(weights: str, device: torch.device | str = "cpu") -> nn.Module:
+    """torchvision's ImageNet Inception-v3 (e.g. inception_v3_google-0cc3c7bd.pth) for IS only.
+
+    Its scores are not comparable with published IS (a different network and 1000 classes): compare
+    them only between runs that use the same file.
+    """
+    sd = _read_state_dict(weights, "IS classifier weights")
+    aux = any(k.startswith("AuxLogits.") for k in sd)
+    # transform_input=False: we feed [-1, 1] directly, which is what these TF-ported weights expect.
+    net = torchvision.models.inception_v3(weights=None, aux_logits=aux, init_weights=False,
+                                          transform_input=False)
+    try:
+        net.load_state_dict(sd)
+    except RuntimeError as e:
+        raise MetricsError(f"{weights} is not torchvision's inception_v3 state dict "
+                           f"({_first_problem(e)})") from e
+    net.requires_grad_(False)
+    net.fc_is_zero = not bool(net.fc.weight.any())
+    net.weights_source = str(weights)
+    return net.to(device).eval()
+
+
+def require_classifier(model: nn.Module) -> None:
+    """Refuse Inception Score from a network whose classifier weights are all zeros: every image
+    would get the uniform distribution and IS would be exactly 1, whatever the samples."""
+    if getattr(model, "fc_is_zero", False):
+        raise MetricsError(
+            f"Inception Score is impossible with {getattr(model, 'weights_source', 'these weights')}: "
+            f"its classifier layer fc is all zeros (a copy converted without it); use pytorch-fid's "
+            f"original {FID_WEIGHTS_FILE} as eval.inception_weights, or torchvision's ImageNet "
+            f"inception_v3 weights via load_imagenet_classifier, or leave IS out")
+
+
+@torch.no_grad()
+def imagenet_logits(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Logits [B, 1000] of `load_imagenet_classifier`'s network, fed like the FID network."""
+    require_classifier(net)
+    x = to_inception_input(images.to(next(net.parameters()).device))
+    x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+    return net(2 * x - 1)
