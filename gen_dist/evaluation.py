@@ -1,51 +1,179 @@
-"""Evaluation during training, on every rank: each rank takes test images rank, rank + world, ...
-and the sums are reduced, so exactly N images count whatever the world size.
+"""Evaluation, on every rank, with the same numbers whatever the world size.
 
-The VAE test loss is the seed's number: BCE summed over pixels + KL, per image, in nats.
-(FID, KID, precision/recall and the other metrics plug in here as the evaluation issue lands.)
+Real side: the test split (first ``eval.limit`` images), rank r taking images r, r + world, ...;
+its Inception statistics (and capped raw features for KID and precision/recall) are cached on disk,
+keyed by a hash of the pixels, the preprocessing (image size), the image count and the detector.
+Generated side: ``eval.num_samples`` images, sample i from a latent seeded by i, strided over ranks.
+Feature sums are reduced in float64; FID is computed once and broadcast.
+
+VAE side: test reconstruction (BCE, MSE), KL and the ELBO in the seed's nats per image, active
+latent dimensions, and optionally the IWAE bound.
 """
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import torch
 
 from gen_dist.data import to_model_range
-from gen_dist.losses import kl_per_dim, vae_terms
+from gen_dist.noise import latents_for
+from gen_dist.samples import generate
+
+DETECTOR = "pytorch-fid-inception-v3-pool3"
 
 
-def strided_batches(n: int, rank: int, world: int, batch: int):
+def strided(n: int, rank: int, world: int, batch: int):
     idx = torch.arange(rank, n, world)
     for i in range(0, len(idx), batch):
         yield idx[i : i + batch]
 
 
-@torch.no_grad()
-def evaluate_vae(vae, dataset, cfg, engine) -> dict:
-    """Test-split reconstruction metrics of a VAE (or the VAE half of a VAE-GAN)."""
-    vae.eval()
-    n = min(len(dataset.images), cfg.eval.limit or len(dataset.images))
-    # one latent noise per test image, drawn from a fixed generator: the same on any world size
-    eps_all = torch.randn(n, cfg.model.latent_dim, generator=torch.Generator().manual_seed(cfg.seed + 12345))
-    sums = torch.zeros(6, dtype=torch.float64, device=engine.device)
-    kl_dims = torch.zeros(cfg.model.latent_dim, dtype=torch.float64, device=engine.device)
-    for idx in strided_batches(n, engine.rank, engine.world, cfg.eval.batch_size):
-        x = to_model_range(dataset.images[idx].to(engine.device), cfg.data.image_size, signed=False)
-        recon, mu, logvar = vae(x, eps_all[idx].to(engine.device))
-        bce, kl = vae_terms(recon, x, mu, logvar, "bce")
-        mse_sum, _ = vae_terms(recon, x, mu, logvar, "mse")
-        rec = bce if cfg.loss.recon == "bce" else mse_sum
-        sums += torch.stack([(rec + kl).sum(), bce.sum(), kl.sum(), mse_sum.sum() / x[0].numel(),
-                             torch.tensor(float(len(idx)), device=x.device), mse_sum.sum()]).double()
-        kl_dims += kl_per_dim(mu, logvar).sum(0).double()
-    sums, kl_dims = engine.reduce_sum(sums), engine.reduce_sum(kl_dims)
-    count = sums[4]
-    vae.train()
-    kl_dims = (kl_dims / count).cpu()
-    return {
-        "test/loss": (sums[0] / count).item(),  # negative ELBO per image, in nats
-        "test/recon_bce": (sums[1] / count).item(),
-        "test/kl": (sums[2] / count).item(),
-        "test/mse": (sums[3] / count).item(),  # per pixel, images in [0, 1]
-        "test/active_dims": int((kl_dims > 0.01).sum()),  # latents the encoder uses (KL > 0.01 nats)
-        "test/images": int(count.item()),
-    }
+class Evaluator:
+    def __init__(self, cfg, engine, test_set, num_classes: int):
+        self.cfg, self.engine, self.test_set, self.num_classes = cfg, engine, test_set, num_classes
+        self._inception = None
+        self._real = None  # (mu, sigma, features) once computed or loaded
+
+    @property
+    def wants_features(self) -> bool:
+        e = self.cfg.eval
+        return e.fid or e.kid or e.precision_recall or e.inception_score
+
+    def evaluate(self, model) -> dict:
+        metrics: dict = {}
+        if self.cfg.model.kind in ("vae", "vaegan"):
+            metrics.update(self.vae_metrics(model))
+        if self.wants_features:
+            metrics.update(self.sample_quality(model))
+        return metrics
+
+    # --- Inception features -------------------------------------------------------------------
+    def inception(self):
+        if self._inception is None:
+            from gen_dist.metrics import load_inception
+
+            self._inception = load_inception(self.cfg.eval.inception_weights, self.engine.device)
+        return self._inception
+
+    def _features(self, batches):
+        """Stats and a capped feature bank over (indices, images in [0, 1]) batches of this rank."""
+        from gen_dist.metrics import FEATURE_DIM, FeatureBank, FeatureStats, extract_features
+
+        stats = FeatureStats(FEATURE_DIM, self.engine.device)
+        bank = FeatureBank(FEATURE_DIM, self.cfg.eval.max_features, self.engine.device)
+        for idx, images in batches:
+            feats = extract_features(self.inception(), images).double()
+            stats.update(feats)
+            bank.add(feats.float(), idx)
+        return stats.all_reduce(), bank
+
+    def _real_key(self, n: int) -> str:
+        pixels = hashlib.sha1(self.test_set.images[:n].numpy().tobytes()).hexdigest()
+        first = next(self.inception().parameters())  # the first conv's weights identify the detector
+        detector = hashlib.sha1(first.detach().cpu().numpy().tobytes()).hexdigest()[:12]
+        parts = f"{pixels}|size{self.cfg.data.image_size}|n{n}|{DETECTOR}|{detector}|cap{self.cfg.eval.max_features}"
+        return hashlib.sha1(parts.encode()).hexdigest()[:20]
+
+    def real_statistics(self):
+        """(mu, sigma, gathered features) of the test split: from the cache, or computed and cached."""
+        if self._real is not None:
+            return self._real
+        from gen_dist.metrics import load_stats, save_stats
+
+        e, c = self.engine, self.cfg
+        n = min(len(self.test_set.images), c.eval.limit or len(self.test_set.images))
+        key = self._real_key(n)
+        stats_file = Path(c.eval.stats_cache) / f"real_{key}.npz"
+        feats_file = stats_file.with_suffix(".features.pt")
+        cached = load_stats(stats_file, key) if feats_file.is_file() else None
+        if not e.any_rank(cached is None):  # all ranks must agree, or one would wait in a collective
+            feats = torch.load(feats_file, map_location="cpu", weights_only=True).to(e.device)
+            self._real = (*cached, feats)
+            return self._real
+
+        def batches():
+            for idx in strided(n, e.rank, e.world, c.eval.batch_size):
+                images = self.test_set.images[idx].to(e.device)
+                yield idx, to_model_range(images, c.data.image_size, signed=False)
+
+        stats, bank = self._features(batches())
+        mu, sigma = stats.mean_cov()
+        feats = bank.gather()
+        if e.is_main:
+            save_stats(stats_file, mu, sigma, key)
+            tmp = feats_file.with_name(feats_file.name + ".tmp")
+            torch.save(feats.cpu(), tmp)
+            tmp.replace(feats_file)
+        self._real = (mu, sigma, feats)
+        return self._real
+
+    def fake_features(self, model):
+        e, c = self.engine, self.cfg
+        device = next(model.parameters()).device
+
+        def batches():
+            for idx in strided(c.eval.num_samples, e.rank, e.world, c.eval.batch_size):
+                z = latents_for(idx, c.model.latent_dim, c.seed).to(device)
+                labels = (idx % max(self.num_classes, 1)).to(device)
+                yield idx, generate(model, c, z, labels)
+
+        return self._features(batches())
+
+    def sample_quality(self, model) -> dict:
+        from gen_dist.metrics import compute_fid, kid, precision_recall
+
+        c = self.cfg.eval
+        mu_r, sigma_r, real_feats = self.real_statistics()
+        fake_stats, fake_bank = self.fake_features(model)
+        out: dict = {}
+        if c.fid:
+            out["fid"] = compute_fid(fake_stats, (mu_r, sigma_r))
+        if c.kid or c.precision_recall or c.inception_score:
+            fake_feats = fake_bank.gather()
+            if c.kid:
+                out["kid"], out["kid_std"] = kid(fake_feats, real_feats, c.kid_subset_size, c.kid_subsets,
+                                                 seed=self.cfg.seed)
+            if c.precision_recall:
+                out["precision"], out["recall"] = precision_recall(real_feats, fake_feats, k=c.pr_k)
+            if c.inception_score:
+                from gen_dist.metrics import fid_logits, inception_score
+
+                out["is"], out["is_std"] = inception_score(fid_logits(self.inception(), fake_feats))
+        return out
+
+    # --- VAE ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def vae_metrics(self, vae) -> dict:
+        """Test-split metrics of a VAE (or the VAE half of a VAE-GAN), in the seed's nats per image."""
+        from gen_dist.metrics import VAEMetricSums, iwae_bound
+
+        cfg, e = self.cfg, self.engine
+        was_training = vae.training
+        vae.eval()
+        n = min(len(self.test_set.images), cfg.eval.limit or len(self.test_set.images))
+        n_iwae = min(n, cfg.eval.iwae_images) if cfg.eval.iwae_k else 0
+        # one latent noise per test image, from a fixed generator: the same on any world size
+        eps_all = torch.randn(n, cfg.model.latent_dim, generator=torch.Generator().manual_seed(cfg.seed + 12345))
+        sums = VAEMetricSums(cfg.model.latent_dim, device=e.device)
+        iwae = VAEMetricSums(cfg.model.latent_dim, iwae_ks=[cfg.eval.iwae_k] if n_iwae else [], device=e.device)
+        for idx in strided(n, e.rank, e.world, cfg.eval.batch_size):
+            x = to_model_range(self.test_set.images[idx].to(e.device), cfg.data.image_size, signed=False)
+            recon, mu, logvar = vae(x, eps_all[idx].to(e.device))
+            sums.update(x, recon, mu, logvar)
+            sub = idx < n_iwae  # the IWAE bound costs k decodes per image: the first eval.iwae_images only
+            if sub.any():
+                seeds = cfg.seed * 1_000_003 + idx[sub]  # per image, so any world size draws the same
+                bound = iwae_bound(vae, x[sub], cfg.eval.iwae_k, chunk=64, seeds=seeds)
+                iwae.update(x[sub], recon[sub], mu[sub], logvar[sub], {cfg.eval.iwae_k: bound})
+        out = sums.all_reduce().result()
+        if n_iwae:
+            sub = iwae.all_reduce().result()
+            out[f"test/iwae_k{cfg.eval.iwae_k}"] = sub[f"test/iwae_k{cfg.eval.iwae_k}"]
+            out["test/elbo_iwae_images"] = sub["test/elbo"]  # the ELBO on the same images, to compare
+        vae.train(was_training)
+        pixels = self.test_set.images.shape[1] * cfg.data.image_size ** 2
+        rec = out["test/recon_bce"] if cfg.loss.recon == "bce" else out["test/mse"] * pixels
+        out["test/loss"] = rec + out["test/kl"]  # negative ELBO per image (the seed's printed loss)
+        return out

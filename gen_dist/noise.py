@@ -39,3 +39,10 @@ class Noise:
 def fixed_latents(seed: int, n: int, dim: int) -> torch.Tensor:
     """The latents of the sample grids: the same images at every save, on every world size."""
     return torch.randn(n, dim, generator=torch.Generator().manual_seed(_key_seed(seed, 7, 7, 7)))
+
+
+def latents_for(indices: torch.Tensor, dim: int, seed: int) -> torch.Tensor:
+    """Evaluation latents: sample i's latent depends only on (seed, i), so N samples are the same
+    images whatever the number of ranks that share them."""
+    return torch.stack([torch.randn(dim, generator=torch.Generator().manual_seed(_key_seed(seed, 99, int(i))))
+                        for i in indices])

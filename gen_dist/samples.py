@@ -12,21 +12,28 @@ from gen_dist.noise import fixed_latents
 
 
 @torch.no_grad()
+def generate(model, cfg, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """Images in [0, 1] from a GAN generator (tanh range) or a VAE's decoder, in eval mode."""
+    was_training = model.training
+    model.eval()
+    if cfg.model.kind == "gan":
+        out = model(z, labels) if cfg.model.conditional else model(z)
+        out = (out.float() + 1) / 2
+    else:
+        out = model.decoder(z).float()
+    model.train(was_training)
+    return out.clamp(0, 1)
+
+
+@torch.no_grad()
 def sample_grid(generator, cfg, num_classes: int, path: Path, n: int = 16) -> Path:
     """16 images from the same latents at every save, so grids over time are comparable."""
     device = next(generator.parameters()).device
     z = fixed_latents(cfg.seed, n, cfg.model.latent_dim).to(device)
-    was_training = generator.training
-    generator.eval()
-    if cfg.model.kind == "gan":
-        labels = torch.arange(n, device=device) % max(num_classes, 1)
-        images = generator(z, labels) if cfg.model.conditional else generator(z)
-        images = (images.float() + 1) / 2  # tanh range -> [0, 1]
-    else:
-        images = generator.decoder(z).float()
-    generator.train(was_training)
+    labels = torch.arange(n, device=device) % max(num_classes, 1)
+    images = generate(generator, cfg, z, labels)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images.clamp(0, 1), path, nrow=4)
+    save_image(images, path, nrow=4)
     return path
 
 

@@ -17,9 +17,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from gen_dist import checkpoint as ckpt
 from gen_dist.config import Config, to_dict, to_yaml
-from gen_dist.data import ArrayLoader, load_dataset, to_model_range
+from gen_dist.data import build_train_loader, prepare_sources, to_model_range
 from gen_dist.engine import Engine
-from gen_dist.evaluation import evaluate_vae
+from gen_dist.evaluation import Evaluator
 from gen_dist.models import build_models
 from gen_dist.noise import Noise
 from gen_dist.samples import reconstruction_grid, sample_grid
@@ -39,16 +39,22 @@ class Trainer:
         self.engine = e = Engine(cfg.train.mixed_precision, cfg.seed)
         self.kind = cfg.model.kind
 
-        # data: the main process first, so only it downloads
-        with e.accelerator.main_process_first():
-            self.train_set = load_dataset(cfg.data, train=True)
-            self.test_set = load_dataset(cfg.data, train=False)
-        self.loader = ArrayLoader(self.train_set.images, self.train_set.labels, cfg.train.batch_size, e.rank,
-                                  e.world, cfg.seed, pin_memory=e.device.type == "cuda")
-        self.num_classes = len(self.train_set.classes)
+        # data: each node's main process first, so only it downloads or writes shards
+        with e.accelerator.local_main_process_first():
+            sources = prepare_sources(cfg.data)
+        self.loader = build_train_loader(cfg.data, sources, cfg.train.batch_size, e.rank, e.world, cfg.seed,
+                                         pin=e.device.type == "cuda")
+        self.test_set = sources.test
+        self.num_classes = len(sources.classes)
+        self.evaluator = Evaluator(cfg, e, self.test_set, self.num_classes)
+        from gen_dist.metrics import PosteriorCollapseDetector
+
+        self.collapse = PosteriorCollapseDetector(cfg.eval.collapse_threshold, cfg.eval.collapse_patience)
+        self.loss_history: dict[str, list] = {}  # logged (rank-averaged) losses, for stability figures
+        self.stop_reason: str | None = None
 
         # models and optimizers, prepared by the engine (DDP, mixed precision)
-        models = build_models(cfg.model, self.train_set.channels, cfg.data.image_size, self.num_classes)
+        models = build_models(cfg.model, sources.channels, cfg.data.image_size, self.num_classes)
         opt_g = _adam(models.generator.parameters(), cfg.optim.g)
         if models.discriminator is not None:
             opt_d = _adam(models.discriminator.parameters(), cfg.optim.d)
@@ -96,7 +102,7 @@ class Trainer:
             bar = tqdm(total=self.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
                        desc=f"{self.kind} {self.run_dir.name}")
         self._t_log, self._images_at_log = time.time(), self.images_seen
-        while self.step < self.max_steps:
+        while self.step < self.max_steps and self.stop_reason is None:
             self._train_step()
             self.step += 1
             last = self.step == self.max_steps
@@ -110,10 +116,12 @@ class Trainer:
                 self._save_samples()
             if (cfg.eval.every and self.step % cfg.eval.every == 0) or last:
                 self._evaluate()
-            if self.step % cfg.train.checkpoint_every == 0 or last:
+            if self.step % cfg.train.checkpoint_every == 0 or last or self.stop_reason:
                 self._save_checkpoint()
         if bar is not None:
             bar.close()
+        if self.stop_reason and e.is_main:
+            print(f"gen_dist: stopped early at step {self.step} ({self.stop_reason}); checkpoint saved", flush=True)
         self._check_ranks_in_sync()
         e.barrier()
         self.tracker.finish()
@@ -173,8 +181,15 @@ class Trainer:
         local = torch.stack([self._sums[k] / self._counts[k] for k in keys]).to(self.engine.device)
         values = self.engine.reduce_mean(local).tolist()
         self._sums.clear(), self._counts.clear()
+        stats = self.loader.stats  # damaged samples skipped and refilled, summed over ranks
+        counts = torch.tensor([float(stats.skipped_damaged), float(stats.repeated_per_epoch)])
+        skipped, repeated = self.engine.reduce_sum(counts).tolist()
         now = time.time()
         row = dict(zip(keys, values))
+        for k in keys:
+            if k.startswith("loss/"):
+                self.loss_history.setdefault(k, []).append([self.step, row[k]])
+        row.update({"data/skipped_damaged": int(skipped), "data/repeated": int(repeated)})
         row.update({"images_seen": self.images_seen, "epoch": self.loader.position.epoch,
                     "img_per_s": (self.images_seen - self._images_at_log) / max(now - self._t_log, 1e-9),
                     "lr/G": self.opt_g.param_groups[0]["lr"]})
@@ -199,9 +214,15 @@ class Trainer:
         self.tracker.log_images(self.step, images)
 
     def _evaluate(self) -> None:
-        metrics: dict = {}
-        if self.kind in ("vae", "vaegan"):
-            metrics.update(evaluate_vae(self._inference_model(), self.test_set, self.cfg, self.engine))
+        metrics = self.evaluator.evaluate(self._inference_model())
+        metrics.update(self._stability())
+        if "test/kl" in metrics:  # the same reduced number on every rank: all ranks decide alike
+            if self.collapse.update(metrics["test/kl"], self.step):
+                metrics["collapse/detected"] = 1
+                if self.engine.is_main and self.collapse.low_count == self.collapse.patience:
+                    print(f"gen_dist: {self.collapse.message}", flush=True)
+                if self.cfg.eval.collapse_stop:
+                    self.stop_reason = "posterior collapse"
         if not metrics:
             return
         self.tracker.log(self.step, {"images_seen": self.images_seen, **metrics})
@@ -210,10 +231,22 @@ class Trainer:
             print(f"gen_dist: eval at step {self.step}: {shown}", flush=True)
         name = self.cfg.eval.best_metric
         if name == "auto":
-            name = "test/loss" if self.kind in ("vae", "vaegan") else "fid"
+            name = "fid" if self.cfg.eval.fid else "test/loss"
         if name in metrics and (self.best is None or metrics[name] < self.best["value"]):
             self.best = {"metric": name, "value": float(metrics[name]), "step": self.step}
             self._save_best()
+
+    def _stability(self) -> dict:
+        """How smooth each loss curve was so far (rolling std of successive differences, spikes)."""
+        from gen_dist.metrics import stability_figures
+
+        out = {}
+        for key, points in self.loss_history.items():
+            figures = stability_figures([v for _, v in points], steps=[s for s, _ in points])
+            name = key.split("/", 1)[1]
+            out.update({f"stability/{name}/{f}": v for f, v in figures.items()
+                        if f in ("diff_std_last", "diff_std_mean", "spike_ratio", "spike_step", "total_variation")})
+        return out
 
     def _check_ranks_in_sync(self) -> None:
         """DDP keeps parameters equal on every rank; prove it once at the end (a cheap hash each)."""
@@ -241,6 +274,7 @@ class Trainer:
             "scaler": e.scaler.state_dict() if e.scaler is not None else None,
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": rng, "best": self.best, "wandb_run_id": self.run_id, "config": to_dict(self.cfg),
+            "collapse": self.collapse.state_dict(), "loss_history": self.loss_history,
         }
 
     def _save_checkpoint(self) -> None:
@@ -288,6 +322,8 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self.step, self.images_seen = state["step"], state["images_seen"]
         self.best, self.run_id = state["best"], state["wandb_run_id"]
+        self.collapse.load_state_dict(state["collapse"])
+        self.loss_history = state["loss_history"]
         data = state["data"]
         if state["world_size"] == e.world:
             ckpt.set_rng_state(state["rng"][e.rank])
