@@ -22,6 +22,7 @@ from gen_dist.engine import Engine
 from gen_dist.evaluation import Evaluator
 from gen_dist.models import build_models
 from gen_dist.noise import Noise
+from gen_dist.preemption import CHECK_EVERY, PREEMPTED_MARKER, Preemption
 from gen_dist.samples import reconstruction_grid, sample_grid
 from gen_dist.steps import build_phases
 from gen_dist.tracking import Tracker, new_run_id
@@ -102,10 +103,15 @@ class Trainer:
             bar = tqdm(total=self.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
                        desc=f"{self.kind} {self.run_dir.name}")
         self._t_log, self._images_at_log = time.time(), self.images_seen
+        preemption = Preemption()
         while self.step < self.max_steps and self.stop_reason is None:
             self._train_step()
             self.step += 1
             last = self.step == self.max_steps
+            # every rank agrees at the same step boundary, whichever rank got the signal; checked every
+            # few steps because the agreement is a collective that waits for the device
+            if not last and self.step % CHECK_EVERY == 0 and self.engine.any_rank(preemption.requested):
+                self.stop_reason = f"preempted by {preemption.signal_name}"
             if bar is not None:
                 bar.update(1)
             if self.step % cfg.train.log_every == 0 or last:
@@ -122,6 +128,13 @@ class Trainer:
             bar.close()
         if self.stop_reason and e.is_main:
             print(f"gen_dist: stopped early at step {self.step} ({self.stop_reason}); checkpoint saved", flush=True)
+        marker = self.run_dir / PREEMPTED_MARKER
+        if e.is_main:  # tells a batch script to requeue; gone once the run completes
+            if self.stop_reason and self.stop_reason.startswith("preempted"):
+                marker.write_text(json.dumps({"step": self.step, "reason": self.stop_reason}) + "\n")
+            else:
+                marker.unlink(missing_ok=True)
+        preemption.restore()
         self._check_ranks_in_sync()
         e.barrier()
         self.tracker.finish()
@@ -194,8 +207,9 @@ class Trainer:
                     "img_per_s": (self.images_seen - self._images_at_log) / max(now - self._t_log, 1e-9),
                     "lr/G": self.opt_g.param_groups[0]["lr"]})
         if self.step <= self.cfg.train.log_every:  # once: how the data was split
-            row.update({"data/dropped_per_epoch": self.loader.stats.dropped_per_epoch,
-                        "data/samples_per_epoch": self.loader.stats.samples_per_epoch})
+            st = self.loader.stats
+            row.update({"data/dropped_per_epoch": st.dropped_per_epoch, "data/samples_per_epoch": st.samples_per_epoch,
+                        "data/coverage": st.samples_per_epoch / max(1, st.samples_per_epoch + st.dropped_per_epoch)})
         self._t_log, self._images_at_log = now, self.images_seen
         self.tracker.log(self.step, row)
         return row
