@@ -56,10 +56,22 @@ def check_sources(cfg: Config) -> None:
         check_data(cfg)
 
 
+def check_metrics(cfg: Config) -> None:
+    """Inception Score needs a real classifier: refuse before launch when the weights' fc is zeros."""
+    if not cfg.eval.inception_score:
+        return
+    from gen_dist.metrics import MetricsError, load_inception
+
+    if load_inception(cfg.eval.inception_weights).fc_is_zero:
+        raise MetricsError("eval.inception_score=true but the Inception weights' classifier (fc) is all zeros, "
+                           "so IS would always be 1: use pytorch-fid's original weights or eval.inception_score=false")
+
+
 def preflight(cfg: Config) -> None:
     check_launch_environment(cfg.train.mixed_precision)
     check_run_dir(cfg.run.dir)
     check_sources(cfg)
+    check_metrics(cfg)
     resume = cfg.train.resume
     if resume not in ("auto", "none") and not Path(resume).is_file():
         raise UserError(f"train.resume='{resume}' does not exist: pass a checkpoint file, auto or none")

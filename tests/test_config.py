@@ -114,3 +114,11 @@ def test_print_config(data_root):
     proc = _run(data_root, "--config", "configs/vaegan_mnist.yaml", "--print-config", "loss.adv_lambda=0.25")
     assert proc.returncode == 0
     assert "adv_lambda: 0.25" in proc.stdout and "kind: vaegan" in proc.stdout
+
+
+def test_cli_inception_score_with_zero_classifier_exits_2(data_root, tmp_path):
+    from conftest import WEIGHTS
+
+    line = _one_error_line(_run(data_root, "--config", "configs/dcgan32_mnist.yaml", f"run.dir={tmp_path}",
+                                "eval.inception_score=true", f"eval.inception_weights={WEIGHTS}"))
+    assert "eval.inception_score" in line and "all zeros" in line

@@ -110,8 +110,16 @@ def test_weights_from_torch_hub_cache(tmp_path, monkeypatch):
     assert model.weights_source.startswith(str(tmp_path)) and not model.training
 
 
+@needs_weights
+def test_weights_from_the_environment_hint(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # empty hub cache
+    monkeypatch.setenv("GEN_DIST_INCEPTION_WEIGHTS", WEIGHTS)
+    assert load_inception(None).weights_source == WEIGHTS
+
+
 def test_offline_without_weights_names_the_config_key(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # empty hub cache
+    monkeypatch.setenv("GEN_DIST_INCEPTION_WEIGHTS", str(tmp_path / "absent.pth"))  # a hint that is not there
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")

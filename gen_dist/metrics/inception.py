@@ -55,9 +55,14 @@ def _first_problem(e: RuntimeError, width: int = 120) -> str:
 
 
 def _fid_state_dict(weights: Optional[str]) -> tuple[dict, str]:
-    """Local file, else the torch hub cache pytorch-fid itself uses, else pytorch-fid's download."""
+    """The configured file (it must exist), else $GEN_DIST_INCEPTION_WEIGHTS when that file exists (a
+    site's shared copy: a hint, so the same command also works where it is absent), else the torch hub
+    cache pytorch-fid itself uses, else pytorch-fid's download."""
     if weights:
         return _read_state_dict(weights, "eval.inception_weights"), str(weights)
+    hint = os.environ.get("GEN_DIST_INCEPTION_WEIGHTS")
+    if hint and Path(hint).is_file():
+        return _read_state_dict(hint, "GEN_DIST_INCEPTION_WEIGHTS"), hint
     cached = Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_FILE
     if cached.is_file():
         return _read_state_dict(cached, "torch hub cache"), str(cached)
