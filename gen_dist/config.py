@@ -104,6 +104,7 @@ class EvalConfig:
     limit: int = 0  # evaluate on the first N test images (0 = all): reconstructions and FID's real side
     best_metric: str = "auto"  # metric that picks the best checkpoint; auto = fid if computed, else test/loss
     # sample quality (Inception features; pytorch-fid's network)
+    sample_quality: bool = True  # false skips all Inception-feature metrics (FID, KID, PR, IS) at once
     fid: bool = True  # FID of generated samples against the test split
     num_samples: int = 10000  # generated samples; sample i's latent is seeded by i (any world size)
     kid: bool = True  # KID (unbiased, cubic polynomial kernel) over subsets

@@ -39,7 +39,7 @@ class Evaluator:
     @property
     def wants_features(self) -> bool:
         e = self.cfg.eval
-        return e.fid or e.kid or e.precision_recall or e.inception_score
+        return e.sample_quality and (e.fid or e.kid or e.precision_recall or e.inception_score)
 
     def evaluate(self, model) -> dict:
         metrics: dict = {}

@@ -58,7 +58,7 @@ def check_sources(cfg: Config) -> None:
 
 def check_metrics(cfg: Config) -> None:
     """Inception Score needs a real classifier: refuse before launch when the weights' fc is zeros."""
-    if not cfg.eval.inception_score:
+    if not (cfg.eval.sample_quality and cfg.eval.inception_score):
         return
     from gen_dist.metrics import MetricsError, load_inception
 

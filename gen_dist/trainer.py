@@ -114,7 +114,7 @@ class Trainer:
                 self.stop_reason = f"preempted by {preemption.signal_name}"
             if bar is not None:
                 bar.update(1)
-            if self.step % cfg.train.log_every == 0 or last:
+            if self.step % cfg.train.log_every == 0 or last or self.stop_reason:
                 logged = self._log()
                 if bar is not None:
                     bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logged.items() if k.startswith("loss/")})
@@ -245,7 +245,7 @@ class Trainer:
             print(f"gen_dist: eval at step {self.step}: {shown}", flush=True)
         name = self.cfg.eval.best_metric
         if name == "auto":
-            name = "fid" if self.cfg.eval.fid else "test/loss"
+            name = "fid" if self.evaluator.wants_features and self.cfg.eval.fid else "test/loss"
         if name in metrics and (self.best is None or metrics[name] < self.best["value"]):
             self.best = {"metric": name, "value": float(metrics[name]), "step": self.step}
             self._save_best()

@@ -20,7 +20,8 @@ ACCELERATE = str(Path(PYTHON).with_name("accelerate"))
 # Small models so that a multi-process launch takes seconds on two CPU cores.
 TINY = ["data.limit=512", "train.batch_size=16", "eval.limit=64", "eval.batch_size=64", "model.g_width=8",
         "model.d_width=8", "model.hidden_dim=32", "train.progress_bar=false", "train.log_every=1",
-        "data.num_workers=0", "eval.fid=false", "eval.kid=false", "eval.precision_recall=false"]
+        "data.num_workers=0", "eval.sample_quality=false"]
+NO_FID = ["eval.sample_quality=false"]  # Inception costs ~0.13 s per image here: only where a test needs it
 
 WEIGHTS = os.environ.get("GEN_DIST_INCEPTION_WEIGHTS",
                          str(REPO.parent / "shared" / "weights" / "pt_inception-2015-12-05-6726825d.pth"))
@@ -56,7 +57,7 @@ def run_env(data_root: str, **extra) -> dict:
     env = dict(os.environ)
     env.update(GEN_DIST_DATA=data_root, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
                WANDB_MODE="offline", WANDB_SILENT="true", ACCELERATE_USE_CPU="1", PYTHONUNBUFFERED="1",
-               GEN_DIST_SHARDS=SHARD_CACHE)
+               GEN_DIST_SHARDS=SHARD_CACHE, GEN_DIST_INCEPTION_WEIGHTS=WEIGHTS)
     env.update(extra)
     return env
 

@@ -11,7 +11,7 @@ from conftest import TINY, WEIGHTS, read_metrics, run_env, train
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not Path(WEIGHTS).is_file(), reason=f"no FID Inception weights at {WEIGHTS}")]
-EVAL = [f"eval.inception_weights={WEIGHTS}", "eval.fid=true", "eval.kid=true", "eval.precision_recall=true", "eval.limit=24", "eval.kid_subset_size=10", "eval.kid_subsets=4"]
+EVAL = [f"eval.inception_weights={WEIGHTS}", "eval.sample_quality=true", "eval.limit=24", "eval.kid_subset_size=10", "eval.kid_subsets=4"]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_fid_is_the_same_on_one_and_two_processes(data_root, gan_checkpoint, tmp
 
 def test_training_keeps_the_best_checkpoint_by_fid(data_root, tmp_path):
     run = tmp_path / "run"
-    tiny = [t for t in TINY if not t.startswith(("eval.fid", "eval.kid", "eval.precision"))]
+    tiny = [t for t in TINY if not t.startswith("eval.sample_quality")]
     env = run_env(data_root, GEN_DIST_FID_CACHE=str(tmp_path / "cache"))
     train(data_root, 2, "--config", "configs/vaegan_mnist.yaml", f"run.dir={run}", "train.max_steps=4",
           "eval.every=2", "eval.num_samples=9", *EVAL, *tiny, env=env)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY, read_metrics, train
+from conftest import NO_FID, REPO, TINY, read_metrics, train
 
 pytestmark = pytest.mark.slow
 CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
@@ -48,7 +48,7 @@ def test_two_processes_match_one_process_with_the_global_batch(data_root, tmp_pa
     batches differ between world sizes while each epoch still covers the same samples."""
     common = ["--config", "configs/vae_mnist.yaml", "train.max_steps=5", "train.log_every=1",
               "data.limit=2048", "eval.limit=64", "train.progress_bar=false", "data.shards=null",
-              "data.test_shards=null"]
+              "data.test_shards=null", *NO_FID]
     train(data_root, 1, *common, "train.batch_size=128", f"run.dir={tmp_path / 'one'}")
     train(data_root, 2, *common, "train.batch_size=64", f"run.dir={tmp_path / 'two'}")
     one = [r for r in read_metrics(tmp_path / "one") if "loss/vae" in r]
@@ -115,5 +115,5 @@ def test_image_folder_dataset(data_root, tmp_path):
     run = tmp_path / "run"
     train(data_root, 1, "--config", "configs/conv_vae_mnist.yaml", f"run.dir={run}", "data.dataset=folder",
           f"data.root={tmp_path / 'images'}", "train.max_steps=2", "train.batch_size=8", "eval.limit=16",
-          "train.progress_bar=false", "model.g_width=8")
+          "train.progress_bar=false", "model.g_width=8", *NO_FID)
     assert [r for r in read_metrics(run) if "test/loss" in r]
