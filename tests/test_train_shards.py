@@ -19,8 +19,11 @@ def _make_shards(data_root: str, out: Path, n: int, per_shard: int) -> Path:
     return out
 
 
-def test_two_processes_two_workers_on_five_shards(data_root, tmp_path):
-    shards = _make_shards(data_root, tmp_path / "shards", 1000, 200)  # 5 shards: not divisible by 2 x 2
+@pytest.mark.parametrize("n_shards", [3, 4, 5])
+def test_two_processes_two_workers_on_uneven_shard_counts(data_root, tmp_path, n_shards):
+    """3 shards (fewer than 2 ranks x 2 workers), 4 (divisible) and 5 (not): a hang fails the timeout."""
+    shards = _make_shards(data_root, tmp_path / "shards", 1000, -(-1000 // n_shards))
+    assert len(list(shards.glob("*.tar"))) == n_shards
     run = tmp_path / "run"
     tiny = [t for t in TINY if not t.startswith(("data.limit", "data.num_workers"))]
     # 1000 // (16 x 2) = 31 batches per epoch: 40 steps cross an epoch boundary
@@ -29,6 +32,7 @@ def test_two_processes_two_workers_on_five_shards(data_root, tmp_path):
     rows = read_metrics(run)
     first = next(r for r in rows if "data/samples_per_epoch" in r)
     assert first["data/samples_per_epoch"] == 31 * 32 and first["data/dropped_per_epoch"] == 1000 - 31 * 32
+    assert first["data/coverage"] == pytest.approx(31 * 32 / 1000)
     assert rows[-1]["sync/params_identical"] == 1
     assert max(r.get("epoch", 0) for r in rows) == 1
     assert all(r.get("data/skipped_damaged", 0) == 0 for r in rows)
