@@ -3,7 +3,6 @@ sync, DDP equals one process with the same global batch, and bf16 runs."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from conftest import NO_FID, REPO, TINY, read_metrics, train
