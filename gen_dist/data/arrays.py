@@ -23,6 +23,10 @@ def load_arrays(dataset: str, root: str, train: bool, download: bool, image_size
     """-> (images uint8 [N, C, H, W], labels int64 [N], class names)."""
     if dataset == "folder":
         return _load_folder(root, train, image_size)
+    if dataset == "cifar10":  # read by gen_dist (torchvision's class md5-checks every batch file)
+        from gen_dist.data.cifar import load_cifar10
+
+        return load_cifar10(root, train, download)
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, TORCHVISION[dataset])
