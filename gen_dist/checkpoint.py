@@ -1,7 +1,9 @@
 """Checkpoints: one file per step with the full resume state, written atomically.
 
 A file only gets its final name (``step_000000123.pt``) after it was completely written and flushed,
-so a crash or SIGKILL mid-write leaves the previous checkpoints intact. Loading uses
+so a crash or SIGKILL mid-write leaves the previous checkpoints intact. DeepSpeed runs write a folder
+instead (``step_000000123/``: ``state.pt`` plus one DeepSpeed checkpoint per engine, each rank writing
+its partitions), assembled under a temporary name and renamed when complete. Loading uses
 ``weights_only=True``: a checkpoint holds tensors, numbers, strings, lists and dicts, nothing that
 runs code when read.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -19,12 +22,31 @@ import torch
 
 from gen_dist.errors import CheckpointError
 
-STEP_FILE = re.compile(r"^step_(\d{9})\.pt$")
+STEP_FILE = re.compile(r"^step_(\d{9})(\.pt)?$")  # a file, or a DeepSpeed run's folder
 FORMAT = "gen_dist/1"
+STATE_FILE = "state.pt"  # inside a DeepSpeed step folder: everything but the engines
 
 
-def step_path(folder: Path, step: int) -> Path:
-    return folder / f"step_{step:09d}.pt"
+def step_path(folder: Path, step: int, deepspeed: bool = False) -> Path:
+    return folder / (f"step_{step:09d}" if deepspeed else f"step_{step:09d}.pt")
+
+
+def staging_dir(path: Path) -> Path:
+    """Where a step folder is assembled; the same name on every rank (they all write into it)."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+def finish_folder(state: dict, staging: Path, path: Path) -> None:
+    """Main process, after every rank wrote its engine files into ``staging``: add the state, rename."""
+    atomic_save(state, staging / STATE_FILE)
+    if path.exists():  # a re-run of the same step (resumed after a crash that followed this save)
+        shutil.rmtree(path)
+    os.replace(staging, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -44,6 +66,10 @@ def atomic_save(obj, path: Path) -> None:
 
 def load(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir() and (path / STATE_FILE).is_file():  # a DeepSpeed step folder
+        state = load(path / STATE_FILE)
+        state["deepspeed_folder"] = str(path)
+        return state
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist: pass an existing file or train.resume=auto")
     try:
@@ -80,7 +106,10 @@ def latest_valid(folder: Path) -> tuple[Path, dict] | None:
 
 def prune(folder: Path, keep: int) -> None:
     for old in list_steps(folder)[keep:]:
-        old.unlink(missing_ok=True)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
 
 
 # --- RNG states, stored as tensors and plain values so that weights_only loading accepts them ---

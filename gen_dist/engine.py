@@ -1,7 +1,10 @@
-"""The one place that knows about distribution: Accelerate (DDP), mixed precision, the optimizers.
+"""The one place that knows about distribution: Accelerate (DDP) or DeepSpeed (ZeRO), mixed precision,
+the optimizers.
 
 Models and losses stay plain; the trainer asks the engine to prepare them, to run backward, to step
-an optimizer, and to reduce numbers across ranks.
+an optimizer, and to reduce numbers across ranks. The accelerate config file picks DDP or DeepSpeed;
+with DeepSpeed each model becomes its own DeepSpeed engine (see deepspeed_support.py) and Accelerate
+only provides the process group and the collectives.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from datetime import timedelta
 import torch
 import torch.nn as nn
 
+from gen_dist import deepspeed_support as dss
 from gen_dist.errors import UserError
 
 
@@ -38,8 +42,15 @@ class Engine:
 
         check_launch_environment(mixed_precision)
         mp = _want_mixed_precision(mixed_precision)
+        self.deepspeed = dss.read_launch()  # None: DDP (or one process)
+        if self.deepspeed is not None:
+            # Accelerate would build one DeepSpeed engine for one model; it only makes the process group
+            # here (gloo on CPU, NCCL on GPUs), and DeepSpeed reuses it for two engines.
+            os.environ["ACCELERATE_USE_DEEPSPEED"] = "false"
+            if not torch.cuda.is_available():
+                os.environ["ACCELERATE_USE_CPU"] = "1"
         self.accelerator = Accelerator(
-            mixed_precision=mp,
+            mixed_precision="no" if self.deepspeed is not None else mp,  # DeepSpeed casts by its JSON
             # every model here uses all its parameters; finding unused ones would cost a graph walk
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False),
                              InitProcessGroupKwargs(timeout=timedelta(minutes=30))],
@@ -65,25 +76,79 @@ class Engine:
                 f"the launcher started {expected} processes but each runs alone (Accelerate sees {got}): "
                 "on a machine without GPUs set ACCELERATE_USE_CPU=1 with --multi_gpu; on GPUs check --num_processes")
 
+    @property
+    def zero_stage(self) -> int | None:
+        return None if self.deepspeed is None else self.deepspeed.stage
+
     # --- preparation -------------------------------------------------------------------------
-    def prepare(self, *objects):
-        return self.accelerator.prepare(*objects)
+    def prepare_models(self, train_cfg, pairs: list) -> list:
+        """[(model, optimizer), ...] -> [(prepared model, its optimizer), ...]: DDP wrappers, or one
+        DeepSpeed engine per model (its JSON's "auto" values filled from the training config)."""
+        if self.deepspeed is None:
+            flat = self.accelerator.prepare(*[obj for pair in pairs for obj in pair])
+            flat = flat if isinstance(flat, (list, tuple)) else [flat]
+            return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+        return [dss.initialize(model, optimizer, self.deepspeed_config(train_cfg, model)) for model, optimizer in pairs]
+
+    def deepspeed_config(self, train_cfg, model: nn.Module) -> dict:
+        numel = sum(p.numel() for p in model.parameters())
+        return dss.engine_config(self.deepspeed, train_cfg, self.mixed_precision, numel)
 
     def unwrap(self, model: nn.Module) -> nn.Module:
+        if self.deepspeed is not None:
+            return model.module
         return self.accelerator.unwrap_model(model)
+
+    def gathered(self, model: nn.Module):
+        """Whole parameters of a prepared model inside the block (ZeRO-3); collective, every rank."""
+        return dss.gathered(self.unwrap(model), self.zero_stage or 0)
+
+    def state_dict(self, model: nn.Module) -> dict:
+        """The plain model's state (fp32, whole); collective under ZeRO-3."""
+        if self.deepspeed is None:
+            return self.unwrap(model).state_dict()
+        return dss.full_state_dict(self.unwrap(model), self.zero_stage)
+
+    def broadcast_buffers(self, model: nn.Module) -> None:
+        """DDP copies rank 0's buffers (BatchNorm statistics) at every forward; DeepSpeed does not, so
+        before evaluating or saving, every rank takes rank 0's (collective)."""
+        if self.deepspeed is None or self.world == 1:
+            return
+        import torch.distributed as dist
+
+        for buf in self.unwrap(model).buffers():
+            dist.broadcast(buf.data, src=0)
 
     # --- one optimizer step ------------------------------------------------------------------
     def no_sync(self, model: nn.Module, sync: bool):
         """Skip the gradient all-reduce on accumulation micro-steps that are not the last."""
-        return contextlib.nullcontext() if sync else self.accelerator.no_sync(model)
+        if sync or self.deepspeed is not None:  # DeepSpeed knows its accumulation boundary itself
+            return contextlib.nullcontext()
+        return self.accelerator.no_sync(model)
 
-    def backward(self, loss: torch.Tensor) -> None:
+    def backward(self, loss: torch.Tensor, model: nn.Module | None = None) -> None:
+        if self.deepspeed is not None:
+            # the loss is already divided by the accumulation count; the engine steps its optimizer
+            # (with clipping and loss scaling) on the last micro-batch of each accumulation window
+            model.backward(loss, scale_wrt_gas=False)
+            model.step()
+            return
         self.accelerator.backward(loss)  # scales the loss for fp16
 
     def step(self, model: nn.Module, optimizer, max_norm: float) -> None:
+        if self.deepspeed is not None:  # done in backward, at the accumulation boundary
+            return
         if max_norm > 0:
             self.accelerator.unscale_gradients(optimizer=optimizer)  # this optimizer's grads only
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        if self.scaler is None:
+            # No loss scaling: step the wrapped torch optimizer directly. Accelerate's wrapper adds
+            # only bookkeeping here (we never use its accumulation), and that was ~0.35 ms a step,
+            # half the MLP VAE's framework overhead in bench/train_step.py.
+            inner = getattr(optimizer, "optimizer", optimizer)
+            inner.step()
+            inner.zero_grad(set_to_none=True)
+            return
         optimizer.step()  # Accelerate's wrapper: GradScaler.step + update under fp16
         optimizer.zero_grad(set_to_none=True)
 

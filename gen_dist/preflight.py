@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from gen_dist.config import Config
+from gen_dist.deepspeed_support import check_deepspeed
 from gen_dist.engine import check_launch_environment
 from gen_dist.errors import DataError, UserError
 
@@ -26,6 +27,8 @@ def check_data(cfg: Config) -> None:
     """The dataset must be readable now, or downloadable later (data.download=true)."""
     from gen_dist.data.arrays import load_arrays
 
+    if cfg.data.dataset == "dsprites":  # drawn by gen_dist: nothing to read or download
+        return
     if cfg.data.dataset == "folder":
         if not Path(cfg.data.root).is_dir():
             raise DataError(f"image folder data.root='{cfg.data.root}' does not exist: "
@@ -69,9 +72,11 @@ def check_metrics(cfg: Config) -> None:
 
 def preflight(cfg: Config) -> None:
     check_launch_environment(cfg.train.mixed_precision)
+    check_deepspeed(cfg)
     check_run_dir(cfg.run.dir)
     check_sources(cfg)
     check_metrics(cfg)
     resume = cfg.train.resume
-    if resume not in ("auto", "none") and not Path(resume).is_file():
-        raise UserError(f"train.resume='{resume}' does not exist: pass a checkpoint file, auto or none")
+    if resume not in ("auto", "none") and not Path(resume).exists():
+        raise UserError(f"train.resume='{resume}' does not exist: pass a checkpoint file (or a DeepSpeed "
+                        "run's step folder), auto or none")

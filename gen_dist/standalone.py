@@ -23,7 +23,9 @@ IMAGE_EXTENSIONS = {"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "w
 
 def load_generator_weights(path: str) -> tuple[dict, dict, dict]:
     """(generator state dict, saved config, info) from a resume state (EMA weights when present) or a
-    seed-format export (best.pt / final.pt)."""
+    seed-format export (best.pt / final.pt), or a DeepSpeed run's step folder (its state.pt)."""
+    if Path(path).is_dir() and (Path(path) / ckpt.STATE_FILE).is_file():
+        path = str(Path(path) / ckpt.STATE_FILE)
     if not Path(path).is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist: pass a file from a run's checkpoints/")
     try:

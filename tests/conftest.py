@@ -6,9 +6,11 @@ import atexit
 import json
 import os
 import shutil
-import tempfile
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ ACCELERATE = str(Path(PYTHON).with_name("accelerate"))
 # Small models so that a multi-process launch takes seconds on two CPU cores.
 TINY = ["data.limit=512", "train.batch_size=16", "eval.limit=64", "eval.batch_size=64", "model.g_width=8",
         "model.d_width=8", "model.hidden_dim=32", "train.progress_bar=false", "train.log_every=1",
-        "data.num_workers=0", "eval.sample_quality=false"]
+        "data.num_workers=0", "eval.sample_quality=false", "eval.coverage_samples=256"]
 NO_FID = ["eval.sample_quality=false"]  # Inception costs ~0.13 s per image here: only where a test needs it
 
 WEIGHTS = os.environ.get("GEN_DIST_INCEPTION_WEIGHTS",
@@ -29,6 +31,11 @@ WEIGHTS = os.environ.get("GEN_DIST_INCEPTION_WEIGHTS",
 # Shards that `data.shards=auto` writes go to a folder of this test session, removed at exit.
 SHARD_CACHE = tempfile.mkdtemp(prefix="gen_dist_shards_")
 atexit.register(shutil.rmtree, SHARD_CACHE, ignore_errors=True)
+# Mode coverage is on for every GAN run: its digit classifier is trained once per session, here, not
+# in the checkout (in-process tests read the variable too, hence os.environ).
+CLASSIFIER_CACHE = tempfile.mkdtemp(prefix="gen_dist_classifiers_")
+atexit.register(shutil.rmtree, CLASSIFIER_CACHE, ignore_errors=True)
+os.environ["GEN_DIST_CLASSIFIER_CACHE"] = CLASSIFIER_CACHE
 
 
 def _has_mnist(root: Path, name: str = "MNIST") -> bool:
@@ -81,3 +88,17 @@ def train(data_root: str, nproc: int, *args: str, timeout: int = 300, check: boo
 
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
+
+
+def kill_when_exists(cmd: list[str], env: dict, target: Path, timeout: float = 240) -> None:
+    """Start a launch in its own session and SIGKILL all of it the moment `target` exists: a crash
+    at the worst time, right after a checkpoint was written."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    while not target.exists():
+        assert proc.poll() is None, f"run ended before the kill: {proc.stderr.read().decode()[-3000:]}"
+        assert time.time() < deadline, f"{target} did not appear"
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)

@@ -3,15 +3,11 @@ uninterrupted run ends (same parameters, same W&B run id); W&B offline holds sca
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY, read_metrics, run_env, train, train_cmd
+from conftest import TINY, kill_when_exists, read_metrics, run_env, train, train_cmd
 from wandb_reader import history, run_id
 
 from gen_dist import checkpoint as ckpt
@@ -28,16 +24,8 @@ def _final_state(run: Path) -> dict:
 
 def _kill_after_checkpoint(data_root: str, run: Path, step: int) -> None:
     """Start the 2-process run, SIGKILL the whole launch as soon as checkpoint `step` exists."""
-    proc = subprocess.Popen(train_cmd(2, *ARGS, f"run.dir={run}"), cwd=REPO, env=run_env(data_root),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    target = ckpt.step_path(run / "checkpoints", step)
-    deadline = time.time() + 240
-    while not target.exists():
-        assert proc.poll() is None, f"run ended before the kill: {proc.stderr.read().decode()[-3000:]}"
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_when_exists(train_cmd(2, *ARGS, f"run.dir={run}"), run_env(data_root),
+                     ckpt.step_path(run / "checkpoints", step))
     assert not ckpt.step_path(run / "checkpoints", STEPS).exists(), "the run finished before it was killed"
 
 

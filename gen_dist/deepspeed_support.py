@@ -1,0 +1,208 @@
+"""DeepSpeed ZeRO for coupled models: G and D (the VAE-GAN's encoder+decoder and D) as two engines.
+
+Accelerate refuses two models under DeepSpeed in one Accelerator, and selecting one of several
+DeepSpeed plugins needs `transformers` installed. So when the accelerate config file says
+``distributed_type: DEEPSPEED`` gen_dist reads the launcher's settings, lets Accelerate set up only
+the process group and the collectives (as for DDP), and calls ``deepspeed.initialize`` once per model.
+
+The DeepSpeed JSON named by the accelerate config (``deepspeed_config_file``) holds the ZeRO settings;
+its "auto" values are filled from the training config (batch size, grad_accum, grad_clip, precision),
+so the training config is the same for DDP and DeepSpeed. bf16/fp16 cast parameters *and* buffers
+(BatchNorm's running statistics must match its input's dtype), and each engine's module casts its
+floating inputs to that dtype and its outputs back to fp32, so losses and metrics stay in fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from gen_dist.errors import ConfigError, UserError
+
+
+@dataclass
+class DeepSpeedLaunch:
+    config_file: str | None  # the DeepSpeed JSON from the accelerate config (None: settings in the YAML)
+    raw: dict  # that JSON, or one built from the accelerate YAML's deepspeed_config keys
+
+    @property
+    def stage(self) -> int:
+        return int(self.raw.get("zero_optimization", {}).get("stage", 0))
+
+
+def launched_with_deepspeed() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def read_launch() -> DeepSpeedLaunch | None:
+    """The DeepSpeed settings the accelerate launcher exported, or None for a DDP / single launch."""
+    if not launched_with_deepspeed():
+        return None
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        raise UserError("DeepSpeed with ACCELERATE_USE_CPU=1: unset ACCELERATE_USE_CPU (DeepSpeed uses its own "
+                        "CPU accelerator and gloo on machines without GPUs)")
+    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if path and path.lower() != "none":
+        try:
+            raw = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise UserError(f"DeepSpeed config '{path}' (deepspeed_config_file in the accelerate config) does "
+                            "not exist: paths are relative to where you launch; run from the repository root") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"DeepSpeed config '{path}' is not valid JSON ({e}): fix its syntax") from None
+        return DeepSpeedLaunch(path, raw)
+    # settings written straight into the accelerate YAML (zero_stage, offload_*)
+    env = os.environ
+    zero = {"stage": int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"))}
+    for part in ("optimizer", "param"):
+        device = env.get(f"ACCELERATE_DEEPSPEED_OFFLOAD_{part.upper()}_DEVICE", "none")
+        if device != "none":
+            zero[f"offload_{part}"] = {"device": device}
+    return DeepSpeedLaunch(None, {"zero_optimization": zero})
+
+
+def _is_auto(value) -> bool:
+    return value == "auto"
+
+
+def engine_config(launch: DeepSpeedLaunch, train, mixed_precision: str, numel: int = 50_000_000) -> dict:
+    """The DeepSpeed JSON for one engine (a model of ``numel`` parameters): the launch's settings, "auto"
+    filled from the training config. Values set explicitly in the JSON must agree with the training
+    config (one source of truth)."""
+    cfg = copy.deepcopy(launch.raw)
+    where = launch.config_file or "the accelerate config"
+    wanted = {"train_micro_batch_size_per_gpu": train.batch_size, "gradient_accumulation_steps": train.grad_accum,
+              "gradient_clipping": float(train.grad_clip)}
+    keys = {"train_micro_batch_size_per_gpu": "train.batch_size", "gradient_accumulation_steps": "train.grad_accum",
+            "gradient_clipping": "train.grad_clip"}
+    for key, value in wanted.items():
+        given = cfg.get(key, "auto")
+        if not _is_auto(given) and float(given) != float(value):
+            raise ConfigError(f"{where} sets {key}={given} but the training config says {keys[key]}={value}: "
+                              f'write "{key}": "auto" in the DeepSpeed JSON and set {keys[key]} instead')
+        cfg[key] = value
+    cfg.pop("train_batch_size", None)  # derived: micro batch x accumulation x processes
+    for name, mode in (("bf16", "bf16"), ("fp16", "fp16")):
+        section = dict(cfg.get(name, {}))
+        enabled = section.get("enabled", "auto")
+        want = mixed_precision == mode
+        if _is_auto(enabled):
+            enabled = want
+        elif bool(enabled) != want and mixed_precision != "no":
+            raise ConfigError(f"{where} sets {name}.enabled={enabled} but the run asks for mixed precision "
+                              f"'{mixed_precision}': make them agree (\"enabled\": \"auto\" follows the run)")
+        section["enabled"] = bool(enabled)
+        cfg[name] = section
+    if cfg["bf16"]["enabled"] and cfg["fp16"]["enabled"]:
+        raise ConfigError(f"{where} enables both bf16 and fp16: enable one")
+    half = "bf16" if cfg["bf16"]["enabled"] else "fp16" if cfg["fp16"]["enabled"] else None
+    if half == "fp16" and not torch.cuda.is_available():
+        raise UserError("fp16 needs a CUDA GPU (DeepSpeed's CPU accelerator has no fp16 kernels for training): "
+                        "use train.mixed_precision=bf16 or no")
+    if half is not None:  # BatchNorm: running statistics in the parameters' dtype (field notes)
+        cfg.setdefault("data_types", {}).setdefault("buffer_dtype", half)
+    zero = cfg.setdefault("zero_optimization", {})
+    for key, value in list(zero.items()):
+        if _is_auto(value):  # bucket sizes in elements: one gradient bucket for the whole model (these
+            # models are small: fewest collectives), prefetch a quarter, partition every parameter
+            zero[key] = {"reduce_bucket_size": numel, "stage3_prefetch_bucket_size": max(1, numel // 4),
+                         "stage3_param_persistence_threshold": 0}.get(key, numel)
+    cfg.setdefault("zero_allow_untested_optimizer", True)  # gen_dist's torch Adam, partitioned by ZeRO
+    cfg.setdefault("steps_per_print", 10**9)
+    return cfg
+
+
+def needs_plain_copy(config: dict, stage: int) -> bool:
+    """Inference needs a separate fp32 copy of G when the engine's own is partitioned or in half precision."""
+    return stage == 3 or config["bf16"]["enabled"] or config["fp16"]["enabled"]
+
+
+def check_deepspeed(cfg) -> None:
+    """Before launch: combinations DeepSpeed cannot run (exit 2 with the fix)."""
+    launch = read_launch()
+    if launch is None:
+        return
+    from gen_dist.engine import _want_mixed_precision
+
+    engine_config(launch, cfg.train, _want_mixed_precision(cfg.train.mixed_precision))
+    stage = launch.stage
+    if stage not in (0, 1, 2, 3):
+        raise ConfigError(f"zero_optimization.stage={stage} in {launch.config_file}: use 0, 1, 2 or 3")
+    if stage == 3 and cfg.train.ema_decay > 0:
+        raise ConfigError("train.ema_decay with ZeRO-3: the EMA copy needs whole parameters, which ZeRO-3 "
+                          "partitions; use ZeRO-1/2 (configs/accelerate/zero2.yaml) or train.ema_decay=0")
+
+
+# --- engines ------------------------------------------------------------------------------------
+def _cast_io(module: nn.Module, dtype: torch.dtype) -> None:
+    """Inputs in the engine's half dtype, outputs back in fp32: the model behaves like an fp32 module."""
+
+    def cast(obj, to):
+        if torch.is_tensor(obj) and obj.is_floating_point():
+            return obj.to(to)
+        if isinstance(obj, tuple):
+            return tuple(cast(o, to) for o in obj)
+        return obj
+
+    module.register_forward_pre_hook(lambda _m, args: cast(args, dtype))
+    module.register_forward_hook(lambda _m, _args, out: cast(out, torch.float32))
+
+
+def initialize(model: nn.Module, optimizer, ds_config: dict):
+    import deepspeed
+
+    engine, ds_optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    half = torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float16 if ds_config["fp16"]["enabled"] else None
+    if half is not None:
+        _cast_io(engine.module, half)
+    return engine, ds_optimizer
+
+
+def is_engine(model) -> bool:
+    try:
+        from deepspeed import DeepSpeedEngine
+    except ImportError:
+        return False
+    return isinstance(model, DeepSpeedEngine)
+
+
+def gathered(module: nn.Module, stage: int):
+    """Whole parameters inside the block (ZeRO-3 partitions them); a collective: call on every rank."""
+    if stage != 3:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+
+
+def full_state_dict(module: nn.Module, stage: int) -> dict:
+    """fp32 copies of the parameters and buffers on CPU (collective under ZeRO-3)."""
+    with gathered(module, stage):
+        return {k: v.detach().float().cpu().clone() if v.is_floating_point() else v.detach().cpu().clone()
+                for k, v in module.state_dict().items()}
+
+
+# --- checkpoints: one DeepSpeed checkpoint folder per engine inside the step folder ---------------
+TAG = "engine"
+
+
+def save(engines: dict, folder: Path) -> None:
+    """Every rank writes its partition of each engine (collective)."""
+    for name, engine in engines.items():
+        engine.save_checkpoint(str(folder / name), tag=TAG, save_latest=False)
+
+
+def load(engines: dict, folder: Path) -> None:
+    for name, engine in engines.items():
+        path, _ = engine.load_checkpoint(str(folder / name), tag=TAG, load_optimizer_states=True,
+                                         load_lr_scheduler_states=False)
+        if path is None:
+            raise UserError(f"DeepSpeed checkpoint '{folder / name}' could not be loaded: "
+                            "resume from an earlier step folder or train.resume=none")
