@@ -70,3 +70,11 @@ def vae_terms(recon: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: to
     else:
         raise ValueError(f"unknown reconstruction loss {recon_kind!r}")
     return rec.flatten(1).sum(1), kl_per_dim(mu, logvar).sum(1)
+
+
+def feature_matching(real_features: torch.Tensor, fake_features: torch.Tensor) -> torch.Tensor:
+    """Salimans et al. 2016: ||mean f(x) - mean f(G(z))||^2 over the batch, divided by the number of
+    features (so a weight of 1 means the same for any D width). Features [B, F]; the mean is over
+    each rank's micro-batch. Zero exactly when the two means agree."""
+    diff = real_features.float().mean(0) - fake_features.float().mean(0)
+    return diff.pow(2).mean()

@@ -4,6 +4,8 @@
         --out data/shards/mnist-train --samples-per-shard 10000
     python launch/make_shards.py --dataset folder --root my_images --image-size 64 --out data/shards/mine \\
         --samples-per-shard 5000 --format png
+    python launch/make_shards.py --dataset dsprites --split train --out data/shards/dsprites-train \
+        --dsprites-orientations 40 --dsprites-positions 32     # the full dSprites grid (drawn, no --root)
 
 Then train with data.shards=data/shards/mnist-train (the folder, its manifest.json, or a pattern such
 as 'data/shards/mnist-train/mnist-train-{000000..000005}.tar'). A bad argument or a missing dataset
@@ -40,10 +42,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=0, help="write only the first N samples (0 = all)")
     p.add_argument("--image-size", type=int, default=0, help="folder only: resize and center-crop to N x N")
     p.add_argument("--channels", type=int, default=3, choices=(1, 3), help="folder only: 1 = grayscale, 3 = RGB")
+    p.add_argument("--dsprites-orientations", type=int, default=10, help="dsprites only: angles (full grid: 40)")
+    p.add_argument("--dsprites-positions", type=int, default=16, help="dsprites only: x and y values (full grid: 32)")
     p.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    if not args.root:
+    if not args.root and args.dataset != "dsprites":  # dsprites is drawn, not read
         p.error("--root is required (or set GEN_DIST_DATA): the folder that holds the dataset")
     return args
 
@@ -52,7 +56,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
     try:
-        source = load_source(args.dataset, args.split, args.root, image_size=args.image_size, channels=args.channels)
+        if args.dataset == "dsprites":
+            from gen_dist.data.dsprites import Grid, source as dsprites_source
+
+            source = dsprites_source(args.split, Grid(args.dsprites_orientations, args.dsprites_positions))
+        else:
+            source = load_source(args.dataset, args.split, args.root, image_size=args.image_size,
+                                 channels=args.channels)
         manifest = write_shards(source, args.out, samples_per_shard=args.samples_per_shard, encoding=args.format,
                                 limit=args.limit, overwrite=args.overwrite, progress=not args.no_progress)
     except UserError as e:

@@ -23,6 +23,11 @@ def load_arrays(dataset: str, root: str, train: bool, download: bool, image_size
     """-> (images uint8 [N, C, H, W], labels int64 [N], class names)."""
     if dataset == "folder":
         return _load_folder(root, train, image_size)
+    if dataset == "dsprites":  # drawn by gen_dist, default grid (sources.load_dataset honours data.dsprites_*)
+        from gen_dist.data.dsprites import load_split
+
+        images, labels, classes, _factors = load_split("train" if train else "test")
+        return images, labels, classes
     if dataset == "cifar10":  # read by gen_dist (torchvision's class md5-checks every batch file)
         from gen_dist.data.cifar import load_cifar10
 

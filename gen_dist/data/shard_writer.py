@@ -3,8 +3,10 @@
 Each sample is two tar members sharing a key, the sample's index in the source (8 digits):
 ``KEY.npy`` (uint8 [C, H, W] in NumPy's .npy format: the reader caches the 128-byte header, so
 decoding is one ``np.frombuffer``) or ``KEY.png`` (smaller, decoded by PIL), and ``KEY.cls``
-(the class index as ASCII). Any WebDataset reader can read them; ``gen_dist.data.shards`` uses the
-manifest's per-shard counts to give every rank equal batches.
+(the class index as ASCII), plus ``KEY.factors`` for a source with ground-truth factors (dSprites:
+the factor class indices, space-separated ASCII; the manifest then has a ``factors`` entry). Any
+WebDataset reader can read them; ``gen_dist.data.shards`` uses the manifest's per-shard counts to
+give every rank equal batches.
 
 ``DIR/manifest.json`` lists the shards (name, samples, bytes, sha256) and the dataset, split,
 encoding, image shape, classes and total. The same input gives byte-identical files: samples go in
@@ -26,7 +28,7 @@ import numpy as np
 
 from gen_dist.errors import DataError
 
-DATASETS = ("mnist", "fashion_mnist", "cifar10", "folder")
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "folder", "dsprites")
 ENCODINGS = ("npy", "png")
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -42,6 +44,8 @@ class Source:
     classes: list
     labels: np.ndarray
     image: Callable[[int], np.ndarray]
+    factors: np.ndarray | None = None  # int [N, K] ground-truth factor classes (dSprites), written as KEY.factors
+    factor_info: dict | None = None  # the manifest's "factors" entry: names, sizes, values
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -57,6 +61,10 @@ def load_source(dataset: str, split: str, root: str, *, image_size: int = 0, cha
         raise DataError(f"unknown split '{split}': choose train or test")
     if dataset == "folder":
         return _folder_source(root, split, image_size, channels)
+    if dataset == "dsprites":  # drawn by gen_dist (default grid; dsprites.source takes another)
+        from gen_dist.data.dsprites import source
+
+        return source(split)
     from gen_dist.data.arrays import load_arrays
 
     try:
@@ -177,6 +185,8 @@ def write_shards(source: Source, out: str | os.PathLike, *, samples_per_shard: i
                     key = f"{i:08d}"
                     _add(tar, f"{key}.{encoding}", encode(img))
                     _add(tar, f"{key}.cls", str(int(source.labels[i])).encode())
+                    if source.factors is not None:
+                        _add(tar, f"{key}.factors", " ".join(str(int(v)) for v in source.factors[i]).encode())
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -199,6 +209,8 @@ def write_shards(source: Source, out: str | os.PathLike, *, samples_per_shard: i
         "key": "index of the sample in the source split, 8 digits",
         "shards": shards,
     }
+    if source.factor_info is not None:  # only datasets with ground-truth factors: other manifests are unchanged
+        manifest["factors"] = source.factor_info
     tmp = out / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1) + "\n")
     tmp.replace(out / MANIFEST)

@@ -30,6 +30,7 @@ class Dataset:
     images: torch.Tensor
     labels: torch.Tensor
     classes: list
+    factors: object = None  # dsprites.FactorTable: ground-truth factors per image (dSprites), else None
 
     @property
     def channels(self) -> int:
@@ -46,6 +47,13 @@ class Sources:
 
 def load_dataset(cfg, train: bool) -> Dataset:
     """The torchvision (or image folder) split in memory; cfg is the `data` section."""
+    if cfg.dataset == "dsprites":  # drawn, with its factors (gen_dist/data/dsprites.py)
+        from gen_dist.data.dsprites import Grid, load_split
+
+        images, labels, classes, factors = load_split("train" if train else "test", Grid.of(cfg))
+        if train and cfg.limit:
+            images, labels, factors.classes = images[: cfg.limit], labels[: cfg.limit], factors.classes[: cfg.limit]
+        return Dataset(images, labels, classes, factors)
     images, labels, classes = load_arrays(cfg.dataset, cfg.root, train, cfg.download, cfg.image_size)
     if train and cfg.limit:
         images, labels = images[: cfg.limit], labels[: cfg.limit]
@@ -55,6 +63,8 @@ def load_dataset(cfg, train: bool) -> Dataset:
 def auto_shard_dir(cfg, split: str) -> Path:
     """Shards made by `auto` are keyed by what they hold: dataset, split, sample limit (and folder)."""
     name = f"{cfg.dataset}-{split}"
+    if cfg.dataset == "dsprites":  # the grid decides what the shards hold
+        name = f"dsprites-o{cfg.dsprites_orientations}-p{cfg.dsprites_positions}-{split}"
     if cfg.dataset == "folder":
         name += f"-{cfg.image_size}px-" + hashlib.sha1(str(Path(cfg.root).resolve()).encode()).hexdigest()[:8]
     if split == "train" and cfg.limit:
@@ -69,9 +79,14 @@ def ensure_shards(cfg, split: str) -> str:
     out = auto_shard_dir(cfg, split)
     if (out / MANIFEST).is_file():
         return str(out)
-    if cfg.dataset != "folder":  # download when allowed (load_source itself never downloads)
-        load_arrays(cfg.dataset, cfg.root, split == "train", cfg.download)
-    source = load_source(cfg.dataset, split, cfg.root, image_size=cfg.image_size)
+    if cfg.dataset == "dsprites":  # drawn by gen_dist: nothing to download
+        from gen_dist.data.dsprites import Grid, source as dsprites_source
+
+        source = dsprites_source(split, Grid.of(cfg))
+    else:
+        if cfg.dataset != "folder":  # download when allowed (load_source itself never downloads)
+            load_arrays(cfg.dataset, cfg.root, split == "train", cfg.download)
+        source = load_source(cfg.dataset, split, cfg.root, image_size=cfg.image_size)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:
         write_shards(source, tmp, samples_per_shard=cfg.samples_per_shard, overwrite=True, progress=True,
@@ -103,9 +118,12 @@ def _classes_of(spec: str) -> list:
 def _read_test_shards(spec: str, strict: bool) -> Dataset:
     from gen_dist.data.shards import read_all
 
-    images, labels, _keys = read_all(spec, strict=strict)
+    from gen_dist.data.dsprites import factors_of
+
+    images, labels, keys = read_all(spec, strict=strict)
     classes = _classes_of(spec) or [str(c) for c in range(int(labels.max()) + 1 if len(labels) else 0)]
-    return Dataset(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels).long(), classes)
+    return Dataset(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels).long(), classes,
+                   factors_of(spec, keys))
 
 
 def prepare_sources(cfg, train: bool = True) -> Sources:

@@ -5,7 +5,9 @@ At 64 px with widths 64 these are exactly the seed's DCGAN: G 100 -> 512x4x4 -> 
 D returns logits: the seed's ``Sigmoid`` + ``BCELoss`` is computed as ``BCEWithLogits`` in the loss
 (same value, numerically stable, safe under autocast); the parameters are the same.
 Conditional variants concatenate a label embedding to z (G) and a label map as an extra image
-channel (D).
+channel (D). The discriminators can append minibatch-statistics channels before their head
+(``minibatch.py``; off by default, when the parameters are exactly as before) and return their last
+feature map with the score (``with_features=True``) for feature matching.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import spectral_norm
 
+from gen_dist.models.minibatch import MinibatchStats
 from gen_dist.models.vae import conv_stages
 
 
@@ -61,9 +64,15 @@ class LabelMap(nn.Module):
         return torch.cat([x, label_map], dim=1)
 
 
+def _minibatch(channels: int, size: int, std_group: int, disc_kernels: int, disc_dim: int):
+    if not (std_group or disc_kernels):
+        return None
+    return MinibatchStats(channels, size, std_group, disc_kernels, disc_dim)
+
+
 class DCGANDiscriminator(nn.Module):
     def __init__(self, channels: int = 1, image_size: int = 64, width: int = 64, norm: str = "batch",
-                 num_classes: int = 0):
+                 num_classes: int = 0, mbstd_group: int = 0, mbdisc_kernels: int = 0, mbdisc_dim: int = 5):
         super().__init__()
         stages, base = conv_stages(image_size)
         self.label_map = LabelMap(num_classes, image_size) if num_classes else None
@@ -76,31 +85,39 @@ class DCGANDiscriminator(nn.Module):
                        nn.LeakyReLU(0.2, inplace=True)]
             c *= 2
         self.features = nn.Sequential(*layers)  # kept apart: feature matching reads it
-        self.head = nn.Conv2d(c, 1, base, 1, 0, bias=False)
+        self.minibatch = _minibatch(c, base, mbstd_group, mbdisc_kernels, mbdisc_dim)
+        extra = self.minibatch.extra_channels if self.minibatch is not None else 0
+        self.head = nn.Conv2d(c + extra, 1, base, 1, 0, bias=False)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, with_features: bool = False):
         if self.label_map is not None:
             x = self.label_map(x, labels)
-        return self.head(self.features(x)).view(-1)
+        h = self.features(x)
+        score = self.head(self.minibatch(h) if self.minibatch is not None else h).view(-1)
+        return (score, h.flatten(1)) if with_features else score
 
 
 class SNDiscriminator(nn.Module):
     """The seed's StableDiscriminator: two spectral-norm convs and a spectral-norm linear layer."""
 
-    def __init__(self, channels: int = 1, image_size: int = 32, width: int = 64, num_classes: int = 0):
+    def __init__(self, channels: int = 1, image_size: int = 32, width: int = 64, num_classes: int = 0,
+                 mbstd_group: int = 0, mbdisc_kernels: int = 0, mbdisc_dim: int = 5):
         super().__init__()
         self.label_map = LabelMap(num_classes, image_size) if num_classes else None
         c_in = channels + (1 if num_classes else 0)
         self.conv1 = spectral_norm(nn.Conv2d(c_in, width, 4, 2, 1))
         self.conv2 = spectral_norm(nn.Conv2d(width, width * 2, 4, 2, 1))
-        self.fc = spectral_norm(nn.Linear(width * 2 * (image_size // 4) ** 2, 1))
+        self.minibatch = _minibatch(width * 2, image_size // 4, mbstd_group, mbdisc_kernels, mbdisc_dim)
+        extra = self.minibatch.extra_channels if self.minibatch is not None else 0
+        self.fc = spectral_norm(nn.Linear((width * 2 + extra) * (image_size // 4) ** 2, 1))
         self.act = nn.LeakyReLU(0.2)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, with_features: bool = False):
         if self.label_map is not None:
             x = self.label_map(x, labels)
-        x = self.act(self.conv2(self.act(self.conv1(x))))
-        return self.fc(x.flatten(1)).view(-1)
+        h = self.act(self.conv2(self.act(self.conv1(x))))
+        score = self.fc((self.minibatch(h) if self.minibatch is not None else h).flatten(1)).view(-1)
+        return (score, h.flatten(1)) if with_features else score
 
 
 def init_dcgan_weights(module: nn.Module) -> None:
