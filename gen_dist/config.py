@@ -37,6 +37,9 @@ class DataConfig:
     samples_per_shard: int = 10000  # shard size for `auto`
     strict: bool = False  # a damaged shard stops the run (naming it) instead of being skipped
     num_workers: int = 2  # shard-reading worker processes per rank (0 = read in the main process)
+    # dataset dsprites (gen_dist/data/dsprites.py): drawn by gen_dist, 3 shapes x 6 scales x these
+    dsprites_orientations: int = 10  # angles in [0, 2 pi); the real dSprites has 40
+    dsprites_positions: int = 16  # values of x and of y; the real dSprites has 32 (40 and 32: 737,280 images)
 
 
 @dataclass
@@ -64,6 +67,11 @@ class LossConfig:
     adv_lambda: float = 1.0  # VAE-GAN: weight of the adversarial term
     vaegan_weighting: str = "convex"  # convex: (1-l)*recon + KL + l*adv | additive: recon + KL + l*adv
     vaegan_prior_samples: bool = False  # VAE-GAN: D also sees decoder(z ~ N(0, I)) as fake
+    # beta-VAE schedules (VAE and VAE-GAN); step s counts from 1, as metrics.jsonl numbers it
+    kl_warmup_steps: int = 0  # beta rises linearly 0 -> loss.beta over N steps: beta * min(1, s/N); 0 = off
+    capacity_gamma: float = 0.0  # Burgess et al. 2018: recon + gamma * |KL - C| replaces beta * KL; 0 = off
+    capacity_max: float = 25.0  # C_max in nats per image (the KL of one image, summed over latents)
+    capacity_steps: int = 100000  # C rises linearly 0 -> capacity_max over N steps: C_max * min(1, s/N)
 
 
 @dataclass
@@ -122,6 +130,35 @@ class EvalConfig:
     collapse_threshold: float = 0.1  # KL per image (nats) below which the posterior counts as collapsed
     collapse_patience: int = 3  # evaluations in a row below the threshold before it is declared
     collapse_stop: bool = True  # stop training (with a checkpoint) when collapse is declared
+    # mode coverage (gen_dist/metrics/mode_coverage.py): generated samples classified by a small CNN trained
+    # on the real training split; classes covered, KL to the real class distribution, a mode-collapse alarm
+    mode_coverage: Optional[bool] = None  # null = on for kind gan / vaegan when the dataset has classes
+    coverage_samples: int = 2000  # generated samples classified (sample i seeded by i, strided over ranks)
+    coverage_alarm: float = 0.5  # alarm when fewer than this fraction of the classes are covered (0 = never)
+    classifier_cache: str = "${oc.env:GEN_DIST_CLASSIFIER_CACHE,classifiers}"  # trained classifiers, by data + size
+    classifier_epochs: int = 1  # passes over the training split (1: MNIST ~98.7%, Fashion ~88.7% test accuracy)
+    classifier_limit: int = 0  # train the classifier on the first N training images only (0 = all; for tests)
+    # disentanglement (gen_dist/metrics/disentanglement.py; dataset dsprites, kind vae/vaegan): beta-VAE metric
+    # (Higgins et al. 2017) and FactorVAE metric (Kim & Mnih 2018) from the encoder's posterior means
+    disentanglement: bool = False  # compute disent/betavae and disent/factorvae at each evaluation
+    disentanglement_images: int = 0  # test images encoded, the pool every batch is drawn from (0 = whole split)
+    disentanglement_train: int = 10000  # classifier training points per metric (disentanglement_lib's 10,000)
+    disentanglement_eval: int = 5000  # held-out points whose accuracy is reported (disentanglement_lib's 5,000)
+    disentanglement_batch: int = 64  # L: image pairs per beta-VAE point, images per FactorVAE vote
+
+
+@dataclass
+class RemediesConfig:
+    """Mode-collapse remedies for kind gan and vaegan (all off by default)."""
+    replay_size: int = 0  # experience replay: past fakes kept per rank (0 = off), mixed into D's fake batch
+    replay_ratio: float = 0.5  # fraction of each D fake micro-batch taken from the replay buffer
+    feature_matching: float = 0.0  # weight of ||mean D-features(real) - mean D-features(fake)||^2 in G's loss
+    feature_matching_alone: bool = False  # G's loss is feature matching only (Salimans et al.), no adversarial term
+    minibatch_std: bool = False  # minibatch standard-deviation channel before D's head (Karras et al. 2018)
+    minibatch_std_group: int = 4  # samples per stddev group, within each rank's micro-batch
+    minibatch_disc_kernels: int = 0  # Salimans et al. minibatch discrimination: B kernels (0 = off)
+    minibatch_disc_dim: int = 5  # ... each of dimension C
+    unrolled_steps: int = 0  # unrolled GAN (Metz et al. 2017): G looks through k D steps (0 = off)
 
 
 @dataclass
@@ -135,6 +172,19 @@ class TrackingConfig:
 
 
 @dataclass
+class SpeedConfig:
+    """GPU fast paths (gen_dist/fast_paths.py): each auto | true | false; auto = on when training on CUDA."""
+    channels_last: str = "auto"  # conv weights (and so activations) in NHWC: tensor-core kernels without transposes
+    tf32: str = "auto"  # fp32 matmuls/convolutions on TF32 tensor cores (CUDA only; 10-bit mantissa inputs)
+    cudnn_benchmark: str = "auto"  # cuDNN autotunes each conv for the (fixed) batch shape (CUDA only)
+    fused_adam: str = "auto"  # torch.optim.Adam(fused=True): one kernel for all parameters (CPU too when true)
+    compile: str = "auto"  # torch.compile G and D (auto: CUDA without DeepSpeed); a failed compile runs eagerly
+    compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs
+    compile_backend: str = "inductor"  # torch.compile backend (inductor; aot_eager to debug)
+    device_noise: str = "auto"  # draw training noise on the device (other numbers than the CPU's; see noise.py)
+
+
+@dataclass
 class Config:
     seed: int = 0
     run: RunConfig = field(default_factory=RunConfig)
@@ -145,10 +195,12 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    remedies: RemediesConfig = field(default_factory=RemediesConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
 
 
 CHOICES = {
-    "data.dataset": ("mnist", "fashion_mnist", "cifar10", "folder"),
+    "data.dataset": ("mnist", "fashion_mnist", "cifar10", "folder", "dsprites"),
     "model.kind": ("vae", "gan", "vaegan"),
     "model.generator": ("mlp_vae", "conv_vae", "dcgan"),
     "model.discriminator": ("dcgan", "sn"),
@@ -233,6 +285,8 @@ def _get(cfg: Config, dotted: str) -> Any:
 
 def validate(cfg: Config, training: bool = True) -> None:
     """Checks that need more than a type: choices, ranges and combinations."""
+    if cfg.train.mixed_precision in ("False", "false"):  # YAML reads a bare `no` as false
+        cfg.train.mixed_precision = "no"
     for key, choices in CHOICES.items():
         value = _get(cfg, key)
         if value not in choices:
@@ -245,15 +299,18 @@ def validate(cfg: Config, training: bool = True) -> None:
         if _get(cfg, key) < 1:
             raise ConfigError(f"bad value {key}={_get(cfg, key)}: it must be at least 1")
     for key in ["eval.num_samples", "eval.kid_subsets", "eval.kid_subset_size", "eval.pr_k", "eval.max_features",
-                "eval.iwae_images", "eval.collapse_patience"]:
+                "eval.iwae_images", "eval.collapse_patience", "eval.coverage_samples", "eval.classifier_epochs"]:
         if _get(cfg, key) < 1:
             raise ConfigError(f"bad value {key}={_get(cfg, key)}: it must be at least 1")
     for key in ["train.max_steps", "train.epochs", "eval.every", "data.limit", "eval.limit", "eval.iwae_k",
-                "data.num_workers", "train.grad_clip", "loss.gp_weight", "loss.beta"]:
+                "data.num_workers", "train.grad_clip", "loss.gp_weight", "loss.beta", "eval.classifier_limit"]:
         if _get(cfg, key) < 0:
             raise ConfigError(f"bad value {key}={_get(cfg, key)}: it must not be negative")
     if training and cfg.train.max_steps == 0 and cfg.train.epochs == 0:
         raise ConfigError("no training length: set train.max_steps=N or train.epochs=N")
+    if not 0.0 <= cfg.eval.coverage_alarm <= 1.0:
+        raise ConfigError(f"bad value eval.coverage_alarm={cfg.eval.coverage_alarm}: use a fraction of the classes "
+                          "in [0, 1] (0.5: alarm when fewer than half are covered; 0 = never)")
     if not 0.0 <= cfg.train.ema_decay < 1.0:
         raise ConfigError(f"bad value train.ema_decay={cfg.train.ema_decay}: use 0 (off) or a value in (0, 1)")
     if not 0.0 <= cfg.loss.adv_lambda:
@@ -282,8 +339,85 @@ def validate(cfg: Config, training: bool = True) -> None:
         raise ConfigError("empty data.shards / data.test_shards: give a shard folder, manifest, pattern or URL")
     if cfg.data.samples_per_shard < 1:
         raise ConfigError(f"bad value data.samples_per_shard={cfg.data.samples_per_shard}: it must be at least 1")
+    _validate_remedies(cfg)
+    _validate_disentanglement(cfg)
+    _validate_speed(cfg)
     if cfg.data.dataset == "folder" and cfg.data.download:
         cfg.data.download = False  # nothing to download for an image folder
+
+
+def _validate_disentanglement(cfg: Config) -> None:
+    """The dSprites grid and the disentanglement metrics (which need ground-truth factors and an encoder)."""
+    for key in ["data.dsprites_orientations", "data.dsprites_positions", "eval.disentanglement_train",
+                "eval.disentanglement_eval"]:
+        if _get(cfg, key) < 1:
+            raise ConfigError(f"bad value {key}={_get(cfg, key)}: it must be at least 1")
+    if cfg.eval.disentanglement_images < 0:
+        raise ConfigError(f"bad value eval.disentanglement_images={cfg.eval.disentanglement_images}: "
+                          "use 0 (the whole test split) or a positive count")
+    if cfg.eval.disentanglement_batch < 2:
+        raise ConfigError(f"bad value eval.disentanglement_batch={cfg.eval.disentanglement_batch}: a variance "
+                          "and a mean difference need batches of at least 2 (64 in the papers' code)")
+    if cfg.eval.disentanglement and cfg.data.dataset != "dsprites":
+        raise ConfigError(f"eval.disentanglement=true needs ground-truth factors, which data.dataset="
+                          f"{cfg.data.dataset} lacks: use data.dataset=dsprites or eval.disentanglement=false")
+    if cfg.eval.disentanglement and cfg.model.kind == "gan":
+        raise ConfigError("eval.disentanglement=true scores an encoder, which model.kind=gan has none of: "
+                          "use model.kind=vae or vaegan, or eval.disentanglement=false")
+
+
+def _validate_remedies(cfg: Config) -> None:
+    """Mode-collapse remedies (section remedies) and the beta-VAE schedules (loss.kl_warmup_steps, capacity_*)."""
+    r, loss, kind = cfg.remedies, cfg.loss, cfg.model.kind
+    for key in ["remedies.replay_size", "remedies.feature_matching", "remedies.minibatch_disc_kernels",
+                "remedies.unrolled_steps", "loss.kl_warmup_steps", "loss.capacity_gamma", "loss.capacity_max",
+                "loss.capacity_steps"]:
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"bad value {key}={_get(cfg, key)}: it must not be negative")
+    if not 0.0 < r.replay_ratio <= 1.0:
+        raise ConfigError(f"bad value remedies.replay_ratio={r.replay_ratio}: use a fraction in (0, 1]")
+    if r.minibatch_std and r.minibatch_std_group < 2:
+        raise ConfigError(f"bad value remedies.minibatch_std_group={r.minibatch_std_group}: "
+                          "a standard deviation needs groups of at least 2")
+    if r.minibatch_disc_kernels and r.minibatch_disc_dim < 1:
+        raise ConfigError(f"bad value remedies.minibatch_disc_dim={r.minibatch_disc_dim}: it must be at least 1")
+    on = [k for k, v in (("replay_size", r.replay_size), ("feature_matching", r.feature_matching),
+                         ("minibatch_std", r.minibatch_std), ("minibatch_disc_kernels", r.minibatch_disc_kernels),
+                         ("unrolled_steps", r.unrolled_steps)) if v]
+    if on and kind == "vae":
+        raise ConfigError(f"remedies.{on[0]} needs a discriminator: use model.kind=gan or vaegan, or turn it off")
+    if r.feature_matching_alone and not r.feature_matching:
+        raise ConfigError("remedies.feature_matching_alone=true with no feature matching: "
+                          "set remedies.feature_matching=1.0 (its weight)")
+    if kind == "vaegan" and loss.adv_lambda == 0:
+        for key in ("feature_matching", "unrolled_steps"):
+            if getattr(r, key):
+                raise ConfigError(f"remedies.{key} acts on the adversarial term, which loss.adv_lambda=0 removes: "
+                                  "set loss.adv_lambda > 0 or turn the remedy off")
+    schedules = loss.kl_warmup_steps or loss.capacity_gamma
+    if schedules and kind == "gan":
+        raise ConfigError("loss.kl_warmup_steps / loss.capacity_gamma act on a VAE's KL term: "
+                          "use model.kind=vae or vaegan")
+    if loss.capacity_gamma and loss.kl_warmup_steps:
+        raise ConfigError("loss.capacity_gamma and loss.kl_warmup_steps are two schedules for the KL term: "
+                          "choose one (set the other to 0)")
+    if loss.capacity_gamma and loss.beta != 1.0:
+        raise ConfigError(f"loss.capacity_gamma replaces beta * KL with gamma * |KL - C|, so loss.beta="
+                          f"{loss.beta} would be ignored: leave loss.beta=1.0")
+
+
+def _validate_speed(cfg: Config) -> None:
+    """speed.*: auto | true | false (YAML booleans arrive as 'True' / 'False'), normalised to lower case."""
+    from gen_dist.fast_paths import SWITCHES, VALUES
+
+    for name in SWITCHES:
+        value = str(getattr(cfg.speed, name)).lower()
+        if value not in VALUES:
+            raise ConfigError(f"bad value speed.{name}={getattr(cfg.speed, name)!r}: choose one of auto | true | false")
+        setattr(cfg.speed, name, value)
+    modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+    if cfg.speed.compile_mode not in modes:
+        raise ConfigError(f"bad value speed.compile_mode={cfg.speed.compile_mode!r}: choose one of {' | '.join(modes)}")
 
 
 def to_yaml(cfg: Config) -> str:

@@ -8,6 +8,9 @@ Feature sums are reduced in float64; FID is computed once and broadcast.
 
 VAE side: test reconstruction (BCE, MSE), KL and the ELBO in the seed's nats per image, active
 latent dimensions, and optionally the IWAE bound.
+
+Disentanglement (dSprites, ``eval.disentanglement``): the beta-VAE and FactorVAE metrics of the encoder's
+posterior means on the test split's ground-truth factors (gen_dist/metrics/disentanglement.py).
 """
 
 from __future__ import annotations
@@ -35,6 +38,12 @@ class Evaluator:
         self.cfg, self.engine, self.test_set, self.num_classes = cfg, engine, test_set, num_classes
         self._inception = None
         self._real = None  # (mu, sigma, features) once computed or loaded
+        self._classifier = None  # the mode-coverage classifier once trained or loaded
+        if cfg.eval.disentanglement and test_set is not None and getattr(test_set, "factors", None) is None:
+            from gen_dist.errors import DataError
+
+            raise DataError("eval.disentanglement=true but the test split carries no ground-truth factors: use "
+                            "data.test_shards=auto (or shards written by launch/make_shards.py --dataset dsprites)")
 
     @property
     def wants_features(self) -> bool:
@@ -47,7 +56,55 @@ class Evaluator:
             metrics.update(self.vae_metrics(model))
         if self.wants_features:
             metrics.update(self.sample_quality(model))
+        if self.wants_coverage:
+            metrics.update(self.mode_coverage(model))
+        if self.cfg.eval.disentanglement and self.cfg.model.kind in ("vae", "vaegan") and self.test_set is not None:
+            metrics.update(self.disentanglement(model))
         return metrics
+
+    # --- disentanglement (gen_dist/metrics/disentanglement.py; dSprites) ------------------------
+    @torch.no_grad()
+    def disentanglement(self, vae) -> dict:
+        """beta-VAE and FactorVAE metrics of the encoder's posterior mean on the test split's factors."""
+        from gen_dist.metrics.disentanglement import disentanglement_metrics
+
+        e, c = self.engine, self.cfg
+        n = min(len(self.test_set.images), c.eval.disentanglement_images or len(self.test_set.images))
+        was_training = vae.training
+        vae.eval()
+        device = next(vae.parameters()).device
+
+        def encode(images):
+            return vae.encoder(to_model_range(images.to(device), c.data.image_size, signed=False))[0]
+
+        out = disentanglement_metrics(encode, self.test_set.images[:n], self.test_set.factors.classes[:n],
+                                      c.model.latent_dim, seed=c.seed, n_train=c.eval.disentanglement_train,
+                                      n_eval=c.eval.disentanglement_eval, batch=c.eval.disentanglement_batch,
+                                      block=c.eval.batch_size, rank=e.rank, world=e.world, device=e.device)
+        vae.train(was_training)
+        return out
+
+    # --- mode coverage (gen_dist/metrics/mode_coverage.py) ------------------------------------
+    @property
+    def wants_coverage(self) -> bool:
+        on = self.cfg.eval.mode_coverage
+        if on is None:  # auto: where modes can collapse (a generator trained by a discriminator)
+            on = self.cfg.model.kind in ("gan", "vaegan")
+        return bool(on) and self.test_set is not None and self.num_classes >= 2
+
+    def mode_coverage(self, model) -> dict:
+        from gen_dist.metrics.mode_coverage import class_counts, coverage_metrics, load_or_train
+
+        e, c = self.engine, self.cfg
+        if self._classifier is None:
+            with e.accelerator.local_main_process_first():  # each node's main process trains or reads it first
+                self._classifier = load_or_train(c, self.test_set, e.device)
+        clf = self._classifier
+        counts = class_counts(clf.model, self.generated(model, c.eval.coverage_samples), len(clf.real_distribution))
+        counts = e.reduce_sum(counts.to(e.device)).cpu()  # float64 counts summed over ranks
+        out = coverage_metrics(counts, clf.real_distribution, c.eval.coverage_alarm)
+        out["coverage/classifier_accuracy"] = clf.accuracy
+        return out
 
     # --- Inception features -------------------------------------------------------------------
     def inception(self):
@@ -109,17 +166,17 @@ class Evaluator:
         self._real = (mu, sigma, feats)
         return self._real
 
-    def fake_features(self, model):
+    def generated(self, model, n: int):
+        """(indices, images in [0, 1]) of this rank's share of n generated samples, sample i from latent i."""
         e, c = self.engine, self.cfg
         device = next(model.parameters()).device
+        for idx in strided(n, e.rank, e.world, c.eval.batch_size):
+            z = latents_for(idx, c.model.latent_dim, c.seed).to(device)
+            labels = (idx % max(self.num_classes, 1)).to(device)
+            yield idx, generate(model, c, z, labels)
 
-        def batches():
-            for idx in strided(c.eval.num_samples, e.rank, e.world, c.eval.batch_size):
-                z = latents_for(idx, c.model.latent_dim, c.seed).to(device)
-                labels = (idx % max(self.num_classes, 1)).to(device)
-                yield idx, generate(model, c, z, labels)
-
-        return self._features(batches())
+    def fake_features(self, model):
+        return self._features(self.generated(model, self.cfg.eval.num_samples))
 
     def sample_quality(self, model) -> dict:
         from gen_dist.metrics import compute_fid, kid, precision_recall

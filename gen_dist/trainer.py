@@ -6,8 +6,11 @@ paragraphs. Distribution is the engine's business; the steps are data (see steps
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import json
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -16,9 +19,12 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from gen_dist import checkpoint as ckpt
+from gen_dist import deepspeed_support as dss
+from gen_dist import fast_paths
 from gen_dist.config import Config, to_dict, to_yaml
 from gen_dist.data import build_train_loader, prepare_sources, to_model_range
 from gen_dist.engine import Engine
+from gen_dist.errors import CheckpointError
 from gen_dist.evaluation import Evaluator
 from gen_dist.models import build_models
 from gen_dist.noise import Noise
@@ -28,8 +34,9 @@ from gen_dist.steps import build_phases
 from gen_dist.tracking import Tracker, new_run_id
 
 
-def _adam(params, c):
-    return torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
+def _adam(params, c, fast=None, device="cpu"):
+    return torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay,
+                            **fast_paths.adam_kwargs(fast, device))  # fused: speed.fused_adam
 
 
 class Trainer:
@@ -55,23 +62,34 @@ class Trainer:
         self.stop_reason: str | None = None
 
         # models and optimizers, prepared by the engine (DDP, mixed precision)
-        models = build_models(cfg.model, sources.channels, cfg.data.image_size, self.num_classes)
-        opt_g = _adam(models.generator.parameters(), cfg.optim.g)
+        models = build_models(cfg.model, sources.channels, cfg.data.image_size, self.num_classes, cfg.remedies)
+        # GPU fast paths (speed.*): flags, channels_last, torch.compile, on the plain models before prepare
+        self.fast = fast_paths.apply(cfg.speed, models, e.device, deepspeed=e.deepspeed is not None)
+        opt_g = _adam(models.generator.parameters(), cfg.optim.g, self.fast, e.device)
+        # DeepSpeed (ZeRO-3 or bf16/fp16): evaluation and samples use a plain fp32 copy of G, refreshed
+        # from the engine; otherwise the engine's own module serves
+        self._plain_G = None
+        if e.deepspeed is not None and dss.needs_plain_copy(e.deepspeed_config(cfg.train, models.generator),
+                                                            e.zero_stage):
+            self._plain_G = copy.deepcopy(models.generator)
+        pairs = [(models.generator, opt_g)]
         if models.discriminator is not None:
-            opt_d = _adam(models.discriminator.parameters(), cfg.optim.d)
-            self.G, self.D, self.opt_g, self.opt_d = e.prepare(models.generator, models.discriminator, opt_g, opt_d)
-        else:
-            self.G, self.opt_g = e.prepare(models.generator, opt_g)
-            self.D = self.opt_d = None
+            opt_d = _adam(models.discriminator.parameters(), cfg.optim.d, self.fast, e.device)
+            pairs.append((models.discriminator, opt_d))
+        prepared = e.prepare_models(cfg.train, pairs)
+        (self.G, self.opt_g), (self.D, self.opt_d) = prepared[0], (prepared[1] if len(prepared) > 1 else (None, None))
         self.ema = None
         if cfg.train.ema_decay > 0:
             self.ema = AveragedModel(e.unwrap(self.G), multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay),
                                      use_buffers=True)
-        self.phases = build_phases(cfg, self.G, self.D, self.opt_g, self.opt_d, e.unwrap)
+        # the prepared modules never change, so their plain modules are looked up once: Accelerate's
+        # unwrap_model probes installed packages (importlib.metadata) on every call, ~5 ms (bench/train_step.py)
+        self._unwrap = functools.cache(e.unwrap)
+        self.phases = build_phases(cfg, self.G, self.D, self.opt_g, self.opt_d, self._unwrap)
         for phase in self.phases:
             if cfg.loss.batch_sum:
                 phase.scale *= e.world  # DDP averages over ranks; the seed's loss sums the global batch
-        self.noise = Noise(cfg.seed, e.rank, e.world, e.device)
+        self.noise = Noise(cfg.seed, e.rank, e.world, e.device, on_device=self.fast.device_noise)
 
         # length, counted in optimizer steps of G (or the VAE)
         data_phases = sum(p.fresh_data for p in self.phases)
@@ -94,7 +112,9 @@ class Trainer:
         self.tracker = Tracker(self.run_dir, cfg.tracking, to_dict(cfg), self.run_id, enabled=e.is_main)
 
     # ----------------------------------------------------------------------------------------
-    def train(self) -> None:
+    def train(self, end_process_group: bool = True) -> None:
+        """end_process_group=False keeps the process group for another Trainer in this process (a study
+        trains its models one after another; a destroyed group cannot be re-made reliably)."""
         cfg, e = self.cfg, self.engine
         bar = None
         if e.is_main and cfg.train.progress_bar:
@@ -118,9 +138,13 @@ class Trainer:
                 logged = self._log()
                 if bar is not None:
                     bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logged.items() if k.startswith("loss/")})
-            if e.is_main and (self.step % cfg.train.sample_every == 0 or last):
+            want_samples = self.step % cfg.train.sample_every == 0 or last
+            want_eval = (cfg.eval.every and self.step % cfg.eval.every == 0) or last
+            if want_samples or want_eval:
+                self._sync_for_inference()
+            if e.is_main and want_samples:
                 self._save_samples()
-            if (cfg.eval.every and self.step % cfg.eval.every == 0) or last:
+            if want_eval:
                 self._evaluate()
             if self.step % cfg.train.checkpoint_every == 0 or last or self.stop_reason:
                 self._save_checkpoint()
@@ -138,7 +162,8 @@ class Trainer:
         self._check_ranks_in_sync()
         e.barrier()
         self.tracker.finish()
-        e.end()
+        if end_process_group:
+            e.end()
 
     # --- one step: each phase optimises its model on its micro-batches ------------------------
     def _train_step(self) -> None:
@@ -152,14 +177,14 @@ class Trainer:
             for i, batch in enumerate(self._micro):
                 draw = self._drawer((self.step, p_idx, i), batch[0].shape[0])
                 with e.no_sync(phase.model, sync=i == accum - 1):
-                    loss, logs = phase.loss(batch, draw)
-                    e.backward(loss * (phase.scale / accum))
+                    loss, logs = phase.loss(batch, draw, self.step + 1)  # the step being taken, from 1
+                    e.backward(loss * (phase.scale / accum), phase.model)
                 self._accumulate(logs)
             e.step(phase.model, phase.optimizer, cfg.train.grad_clip)
             for frozen in phase.frozen:
                 frozen.requires_grad_(True)
         if self.ema is not None:
-            self.ema.update_parameters(e.unwrap(self.G))
+            self.ema.update_parameters(self._unwrap(self.G))
 
     def _drawer(self, key, batch):
         def draw(name, *shape):
@@ -216,7 +241,21 @@ class Trainer:
 
     # --- samples, evaluation, best model ------------------------------------------------------
     def _inference_model(self):
-        return self.ema.module if self.ema is not None else self.engine.unwrap(self.G)
+        if self.ema is not None:
+            return self.ema.module
+        return self._plain_G if self._plain_G is not None else self.engine.unwrap(self.G)
+
+    def _sync_for_inference(self) -> None:
+        """DeepSpeed (every rank): rank 0's BatchNorm statistics everywhere, as DDP keeps them, and the
+        plain fp32 copy of G refreshed from the engine (whole parameters even under ZeRO-3)."""
+        e = self.engine
+        if e.deepspeed is None:
+            return
+        for model in (self.G, self.D):
+            if model is not None:
+                e.broadcast_buffers(model)
+        if self._plain_G is not None:
+            self._plain_G.load_state_dict(e.state_dict(self.G))
 
     def _save_samples(self) -> None:
         model = self._inference_model()
@@ -243,6 +282,10 @@ class Trainer:
         if self.engine.is_main:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
             print(f"gen_dist: eval at step {self.step}: {shown}", flush=True)
+            if metrics.get("coverage/alarm"):  # few classes among the samples: the generator collapsed modes
+                from gen_dist.metrics import alarm_message
+
+                print(f"gen_dist: {alarm_message(metrics, self.cfg.eval.coverage_alarm)}", flush=True)
         name = self.cfg.eval.best_metric
         if name == "auto":
             name = "fid" if self.evaluator.wants_features and self.cfg.eval.fid else "test/loss"
@@ -267,8 +310,9 @@ class Trainer:
         h = hashlib.sha256()
         for model in (self.G, self.D):
             if model is not None:
-                for p in self.engine.unwrap(model).parameters():
-                    h.update(p.detach().float().cpu().numpy().tobytes())
+                with self.engine.gathered(model):  # ZeRO-3 partitions parameters: hash the whole ones
+                    for p in self.engine.unwrap(model).parameters():
+                        h.update(p.detach().float().cpu().numpy().tobytes())
         hashes = self.engine.gather_object(h.hexdigest()[:16])
         same = len(set(hashes)) == 1
         self.tracker.log(self.step, {"sync/params_identical": int(same), "sync/param_hashes": hashes})
@@ -279,22 +323,40 @@ class Trainer:
     def _state(self) -> dict:
         e = self.engine
         rng = e.gather_object(ckpt.rng_state())  # every rank's generators: a collective call
-        D = e.unwrap(self.D) if self.D is not None else None
+        ds = e.deepspeed is not None  # then the engines save their own (partitioned) optimizer states
+        for model in (self.G, self.D):
+            if model is not None:
+                e.broadcast_buffers(model)
         return {
             "format": ckpt.FORMAT, "step": self.step, "images_seen": self.images_seen,
-            "data": self.loader.position.as_dict(), "world_size": e.world,
-            "models": {"G": e.unwrap(self.G).state_dict(), "D": D.state_dict() if D is not None else None},
-            "optimizers": {"G": self.opt_g.state_dict(), "D": self.opt_d.state_dict() if self.opt_d else None},
+            "data": self.loader.position.as_dict(), "world_size": e.world, "zero_stage": e.zero_stage,
+            "models": {"G": e.state_dict(self.G), "D": e.state_dict(self.D) if self.D is not None else None},
+            "optimizers": {"G": None if ds else self.opt_g.state_dict(),
+                           "D": None if ds or not self.opt_d else self.opt_d.state_dict()},
             "scaler": e.scaler.state_dict() if e.scaler is not None else None,
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": rng, "best": self.best, "wandb_run_id": self.run_id, "config": to_dict(self.cfg),
             "collapse": self.collapse.state_dict(), "loss_history": self.loss_history,
+            # per-rank remedy state (the replay buffers): every rank's, like the RNG states (collective)
+            "remedies": {name: e.gather_object(obj.state_dict()) for name, obj in self._remedy_state().items()},
         }
 
     def _save_checkpoint(self) -> None:
-        state = self._state()
-        if self.engine.is_main:
+        state, e = self._state(), self.engine
+        if e.deepspeed is not None:  # every rank writes its partitions into one folder, renamed when whole
+            path = ckpt.step_path(self.ckpt_dir, self.step, deepspeed=True)
+            staging = ckpt.staging_dir(path)
+            if e.is_main:
+                shutil.rmtree(staging, ignore_errors=True)
+                staging.mkdir(parents=True)
+            e.barrier()
+            dss.save(self._engines(), staging)
+            e.barrier()
+            if e.is_main:
+                ckpt.finish_folder(state, staging, path)
+        elif e.is_main:
             ckpt.atomic_save(state, ckpt.step_path(self.ckpt_dir, self.step))
+        if e.is_main:
             ckpt.prune(self.ckpt_dir, self.cfg.train.keep_checkpoints)
             if self.step == self.max_steps:  # the last model in the seed's format, for inference
                 ckpt.atomic_save(self._seed_format(state, None), self.ckpt_dir / "final.pt")
@@ -325,11 +387,25 @@ class Trainer:
         else:
             path, state = Path(mode), ckpt.load(mode)
         e = self.engine
-        e.unwrap(self.G).load_state_dict(state["models"]["G"])
-        self.opt_g.load_state_dict(state["optimizers"]["G"])
-        if self.D is not None:
-            e.unwrap(self.D).load_state_dict(state["models"]["D"])
-            self.opt_d.load_state_dict(state["optimizers"]["D"])
+        saved_ds, running_ds = state.get("zero_stage") is not None, e.deepspeed is not None
+        if saved_ds != running_ds:
+            raise CheckpointError(f"checkpoint '{path}' was written by a {'DeepSpeed' if saved_ds else 'DDP'} run and "
+                                  f"this launch is {'DeepSpeed' if running_ds else 'DDP'}: launch with the same "
+                                  "accelerate config file, or start afresh with train.resume=none")
+        if running_ds:
+            if state["world_size"] != e.world or state["zero_stage"] != e.zero_stage:
+                raise CheckpointError(f"checkpoint '{path}' holds ZeRO-{state['zero_stage']} partitions for "
+                                      f"{state['world_size']} processes: resume with that stage and process count, "
+                                      "or start afresh with train.resume=none")
+            if "deepspeed_folder" not in state:
+                raise CheckpointError(f"'{path}' holds no DeepSpeed engine states: resume from a step_* folder")
+            dss.load(self._engines(), Path(state["deepspeed_folder"]))
+        else:
+            e.unwrap(self.G).load_state_dict(state["models"]["G"])
+            self.opt_g.load_state_dict(state["optimizers"]["G"])
+            if self.D is not None:
+                e.unwrap(self.D).load_state_dict(state["models"]["D"])
+                self.opt_d.load_state_dict(state["optimizers"]["D"])
         if state["scaler"] is not None and e.scaler is not None:
             e.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state["ema"] is not None:
@@ -338,6 +414,10 @@ class Trainer:
         self.best, self.run_id = state["best"], state["wandb_run_id"]
         self.collapse.load_state_dict(state["collapse"])
         self.loss_history = state["loss_history"]
+        for name, obj in self._remedy_state().items():  # a new world size starts them empty
+            saved = state.get("remedies", {}).get(name)
+            if saved is not None and state["world_size"] == e.world:
+                obj.load_state_dict(saved[e.rank])
         data = state["data"]
         if state["world_size"] == e.world:
             ckpt.set_rng_state(state["rng"][e.rank])
@@ -350,6 +430,13 @@ class Trainer:
         if e.is_main:
             self._truncate_metrics(self.step)
             print(f"gen_dist: resumed from {path} at step {self.step}", flush=True)
+
+    def _remedy_state(self) -> dict:
+        """Stateful mode-collapse remedies of the phases (steps.py), by name."""
+        return {name: obj for phase in self.phases for name, obj in phase.state.items()}
+
+    def _engines(self) -> dict:
+        return {name: m for name, m in (("G", self.G), ("D", self.D)) if m is not None}
 
     def _truncate_metrics(self, step: int) -> None:
         """Rows logged after the checkpoint by the interrupted run are replaced by the resumed run's."""

@@ -10,7 +10,7 @@ from conftest import NO_FID, REPO, TINY, read_metrics, train
 pytestmark = pytest.mark.slow
 # Training configs on the data present here. Not in this list: ablation_* (study configs, read by
 # launch/ablate.py: tests/test_ablate.py), *_cifar10 (no CIFAR-10 here: tests/test_cifar10.py trains
-# them on CIFAR-format files it writes) and *dsprites* (generated data: tests/test_dsprites.py).
+# them on CIFAR-format files it writes) and *dsprites* (generated data: tests/test_disentanglement.py).
 CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.yaml")
                  if not p.stem.startswith("ablation_") and not p.stem.endswith("_cifar10") and "dsprites" not in p.stem)
 

@@ -19,6 +19,7 @@ from gen_dist.metrics.inception import (
 )
 from gen_dist.metrics.inception_score import fid_logits, inception_score
 from gen_dist.metrics.kid import kid
+from gen_dist.metrics.mode_coverage import alarm_message, coverage_metrics, load_or_train
 from gen_dist.metrics.precision_recall import precision_recall
 from gen_dist.metrics.stability import stability_figures
 from gen_dist.metrics.vae_metrics import (VAEMetricSums, active_units, active_units_kl, elbo, iwae_bound,
@@ -29,5 +30,5 @@ __all__ = [
     "fid_logits", "frechet_distance", "imagenet_logits", "inception_score", "kid",
     "load_imagenet_classifier", "load_inception", "load_stats", "precision_recall", "save_stats",
     "to_inception_input", "PosteriorCollapseDetector", "stability_figures", "VAEMetricSums", "active_units",
-    "active_units_kl", "elbo", "iwae_bound", "kl_per_dimension",
+    "active_units_kl", "elbo", "iwae_bound", "kl_per_dimension", "alarm_message", "coverage_metrics", "load_or_train",
 ]
