@@ -280,7 +280,10 @@ class Trainer:
             return
         self.tracker.log(self.step, {"images_seen": self.images_seen, **metrics})
         if self.engine.is_main:
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+            # scalars only (histograms and per-dimension lists go to the metrics file); counts such as
+            # active units and classes covered are ints and belong on the line too
+            shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+                              if isinstance(v, (int, float)) and not isinstance(v, bool))
             print(f"gen_dist: eval at step {self.step}: {shown}", flush=True)
             if metrics.get("coverage/alarm"):  # few classes among the samples: the generator collapsed modes
                 from gen_dist.metrics import alarm_message

@@ -130,6 +130,8 @@ def test_one_class_generator_raises_the_alarm_in_training(data_root, cache, mnis
     alarm = [line for line in out.splitlines() if "mode-collapse alarm" in line]
     assert len(alarm) == 1 and alarm[0].startswith("gen_dist: mode-collapse alarm: generated samples cover 1 of 10")
     assert f"class {digit} takes 100%" in alarm[0]
+    eval_line = [line for line in out.splitlines() if line.startswith("gen_dist: eval at step")]
+    assert len(eval_line) == 1 and "coverage/classes_covered=1," in eval_line[0]  # counts are on the line
     row = [r for r in read_metrics(tmp_path / "run") if "coverage/alarm" in r][-1]
     assert row["coverage/alarm"] == 1 and row["coverage/classes_covered"] == 1
     assert row["coverage/kl"] == pytest.approx(-torch.log(classifier.real_distribution[digit]).item(), abs=1e-6)
