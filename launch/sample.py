@@ -104,4 +104,6 @@ def run(args, trained) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from gen_dist.teardown import exit_process
+
+    exit_process(main())
