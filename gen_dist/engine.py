@@ -43,6 +43,7 @@ class Engine:
         check_launch_environment(mixed_precision)
         mp = _want_mixed_precision(mixed_precision)
         self.deepspeed = dss.read_launch()  # None: DDP (or one process)
+        self._plain: dict[int, nn.Module] = {}  # unwrap's answers, by id of the prepared model
         if self.deepspeed is not None:
             # Accelerate would build one DeepSpeed engine for one model; it only makes the process group
             # here (gloo on CPU, NCCL on GPUs), and DeepSpeed reuses it for two engines.
@@ -95,9 +96,14 @@ class Engine:
         return dss.engine_config(self.deepspeed, train_cfg, self.mixed_precision, numel)
 
     def unwrap(self, model: nn.Module) -> nn.Module:
-        if self.deepspeed is not None:
-            return model.module
-        return self.accelerator.unwrap_model(model)
+        """The plain module inside a prepared one. Remembered per model: Accelerate's unwrap_model
+        probes installed packages (importlib.metadata) on every call, ~5 ms, and the GAN phases and
+        the EMA ask every step (bench/train_step.py)."""
+        plain = self._plain.get(id(model))
+        if plain is None:
+            plain = model.module if self.deepspeed is not None else self.accelerator.unwrap_model(model)
+            self._plain[id(model)] = plain
+        return plain
 
     def gathered(self, model: nn.Module):
         """Whole parameters of a prepared model inside the block (ZeRO-3); collective, every rank."""

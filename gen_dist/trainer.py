@@ -7,7 +7,6 @@ paragraphs. Distribution is the engine's business; the steps are data (see steps
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import json
 import shutil
@@ -82,10 +81,7 @@ class Trainer:
         if cfg.train.ema_decay > 0:
             self.ema = AveragedModel(e.unwrap(self.G), multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay),
                                      use_buffers=True)
-        # the prepared modules never change, so their plain modules are looked up once: Accelerate's
-        # unwrap_model probes installed packages (importlib.metadata) on every call, ~5 ms (bench/train_step.py)
-        self._unwrap = functools.cache(e.unwrap)
-        self.phases = build_phases(cfg, self.G, self.D, self.opt_g, self.opt_d, self._unwrap)
+        self.phases = build_phases(cfg, self.G, self.D, self.opt_g, self.opt_d, e.unwrap)
         for phase in self.phases:
             if cfg.loss.batch_sum:
                 phase.scale *= e.world  # DDP averages over ranks; the seed's loss sums the global batch
@@ -184,7 +180,7 @@ class Trainer:
             for frozen in phase.frozen:
                 frozen.requires_grad_(True)
         if self.ema is not None:
-            self.ema.update_parameters(self._unwrap(self.G))
+            self.ema.update_parameters(e.unwrap(self.G))
 
     def _drawer(self, key, batch):
         def draw(name, *shape):
