@@ -127,28 +127,32 @@ def serve(args) -> int:
 
     import uvicorn
 
-    from gen_dist.human_eval import db
-    from gen_dist.human_eval.app import create_app
-    from gen_dist.human_eval.tasks import Study, check_models
-
-    models = load_models(args.checkpoint)
-    check_models(args.protocol, models)
-    database = Path(args.db) if args.db else default_db(args.checkpoint)
-    database.parent.mkdir(parents=True, exist_ok=True)
-    seed = args.seed if args.seed is not None else models[0].cfg.seed
-    study = Study(args.protocol, models, args.images, seed, args.display)
-    db.init(database)
-    conn = db.connect(database)
+    sock = bind(args.host, args.port)  # first: a port in use is found before torch is imported
     try:
-        stored = db.set_meta_default(conn, f"study:{args.protocol}", study.describe())
-        if stored != study.describe():
-            raise UserError(f"{database} holds {args.protocol} rounds of another setup ({stored}): rerun with those "
-                            "models and options, or pass another --db")
-        token = None if args.host in LOOPBACK else db.set_meta_default(conn, "access_token", secrets.token_urlsafe(24))
-    finally:
-        conn.close()
-    sock = bind(args.host, args.port)
-    study.render()
+        from gen_dist.human_eval import db
+        from gen_dist.human_eval.app import create_app
+        from gen_dist.human_eval.tasks import Study, check_models
+
+        models = load_models(args.checkpoint)
+        check_models(args.protocol, models)
+        database = Path(args.db) if args.db else default_db(args.checkpoint)
+        database.parent.mkdir(parents=True, exist_ok=True)
+        seed = args.seed if args.seed is not None else models[0].cfg.seed
+        study = Study(args.protocol, models, args.images, seed, args.display)
+        db.init(database)
+        conn = db.connect(database)
+        try:
+            stored = db.set_meta_default(conn, f"study:{args.protocol}", study.describe())
+            if stored != study.describe():
+                raise UserError(f"{database} holds {args.protocol} rounds of another setup ({stored}): rerun with those "
+                                "models and options, or pass another --db")
+            token = None if args.host in LOOPBACK else db.set_meta_default(conn, "access_token", secrets.token_urlsafe(24))
+        finally:
+            conn.close()
+        study.render()
+    except BaseException:
+        sock.close()
+        raise
     app = create_app(study, database, token)
     port = sock.getsockname()[1]
     shown = socket.gethostname() if args.host in ("0.0.0.0", "::") else args.host

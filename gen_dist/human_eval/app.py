@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
@@ -25,7 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from gen_dist.human_eval import db
-from gen_dist.human_eval.tasks import Study
+
+if TYPE_CHECKING:  # tasks imports torch
+    from gen_dist.human_eval.tasks import Study
 
 STATIC = Path(__file__).with_name("static")
 RATER, ACCESS = "gd_rater", "gd_access"
@@ -44,7 +47,7 @@ class Name(BaseModel):
     name: str = Field(max_length=80)
 
 
-def create_app(study: Study, db_path: str | Path, access_token: str | None = None) -> FastAPI:
+def create_app(study: "Study", db_path: str | Path, access_token: str | None = None) -> FastAPI:
     app = FastAPI(title="gen_dist human evaluation", docs_url=None, redoc_url=None, openapi_url=None)
     db.init(db_path)
 
@@ -185,6 +188,6 @@ def parse(model, raw: bytes):
         raise HTTPException(422, f"malformed body: not JSON ({type(e).__name__})") from None
 
 
-def study_size(study: Study) -> int:
+def study_size(study: "Study") -> int:
     k = len(study.models)
     return 2 * k * study.n if study.protocol == "real-or-fake" else k * (k - 1) // 2 * study.n

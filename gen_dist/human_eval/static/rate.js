@@ -6,6 +6,8 @@
   const LABELS = { "real-or-fake": [["real", "Real (F / \u2190)"], ["fake", "Fake (J / \u2192)"]],
                    "pairwise": [["left", "Left (F / \u2190)"], ["right", "Right (J / \u2192)"]] };
   let protocol = null, task = null, shownAt = 0, busy = true;
+  // data-state on #rate says whether the page waits for an answer (the same for every task)
+  function setBusy(value) { busy = value; $("rate").dataset.state = value ? "busy" : "waiting"; }
 
   function show(id) { for (const s of ["intro", "rate", "done"]) $(s).hidden = s !== id; }
   function fail(message) { $("error").textContent = message; $("error").hidden = false; }
@@ -39,7 +41,7 @@
   function finish(count) { $("done-count").textContent = count; show("done"); busy = true; }
 
   async function next() {
-    busy = true;
+    setBusy(true);
     const data = await getJSON("/api/" + protocol + "/next");
     $("progress").textContent = data.done + " / " + data.total;
     if (data.task === null) return finish(data.done);
@@ -57,19 +59,19 @@
     await Promise.all(images.map((img) => img.decode().catch(() => undefined)));
     box.replaceChildren(...images);
     shownAt = performance.now();
-    busy = false;
+    setBusy(false);
   }
 
   async function choose(i) {
     if (busy || task === null) return;
-    busy = true;
+    setBusy(true);
     const body = { task: task, answer: LABELS[protocol][i][0], response_ms: Math.round(performance.now() - shownAt) };
     try {
       await getJSON("/api/" + protocol + "/answer", { method: "POST", headers: { "Content-Type": "application/json" },
                                                       body: JSON.stringify(body) });
       $("error").hidden = true;
     } catch (e) {
-      if (!String(e.message).startsWith("409")) { fail("Could not save the answer (" + e.message + "): try again."); busy = false; return; }
+      if (!String(e.message).startsWith("409")) { fail("Could not save the answer (" + e.message + "): try again."); setBusy(false); return; }
     }
     await next();
   }
