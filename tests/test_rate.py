@@ -93,10 +93,10 @@ class Client:
         self.server, self.jar = server, CookieJar()
         self.opener = build_opener(HTTPCookieProcessor(self.jar))
 
-    def request(self, method: str, path: str, body=None) -> tuple[int, bytes, dict]:
+    def request(self, method: str, path: str, body=None, headers=None) -> tuple[int, bytes, dict]:
         data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
         req = Request(self.server.base + path, data=data, method=method,
-                      headers={"Content-Type": "application/json"} if data is not None else {})
+                      headers={**({"Content-Type": "application/json"} if data is not None else {}), **(headers or {})})
         try:
             with self.opener.open(req, timeout=30) as r:
                 return r.status, r.read(), dict(r.headers)
@@ -405,6 +405,13 @@ def test_requests_without_the_rater_cookie_are_refused(api):
     assert stranger.request("GET", "/api/real-or-fake/next")[0] == 401
     assert stranger.request("POST", "/api/real-or-fake/answer", {"task": "A" * 24, "answer": "real",
                                                                   "response_ms": 1})[0] == 401
+
+
+def test_loopback_server_refuses_other_host_names(api):
+    # a page of another site resolving its name to 127.0.0.1 (DNS rebinding) is refused
+    client = Client(api)
+    assert client.request("GET", "/", headers={"Host": "rebind.example:80"})[0] == 403
+    assert client.request("GET", "/", headers={"Host": "localhost"})[0] == 200
 
 
 # --- a restarted server keeps every judgement once ---------------------------------------------

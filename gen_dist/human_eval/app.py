@@ -9,7 +9,7 @@ Routes (every one the same for real and generated images):
     POST /api/{protocol}/answer  {"task", "answer", "response_ms"}: 200, or 4xx storing nothing
     GET  /img/{id}               a PNG, by an id that is random per task
 When the server is bound beyond the loopback interface every request needs the access token (the
-?token= of the printed URL, then a cookie).
+?token= of the printed URL, then a cookie); on loopback, requests must name a loopback host.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # tasks imports torch
 STATIC = Path(__file__).with_name("static")
 RATER, ACCESS = "gd_rater", "gd_access"
 NO_STORE = {"Cache-Control": "no-store"}
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 class Answer(BaseModel):
@@ -56,7 +57,10 @@ def create_app(study: "Study", db_path: str | Path, access_token: str | None = N
 
     @app.middleware("http")
     async def access(request: Request, call_next):
-        if access_token is None:
+        if access_token is None:  # bound to loopback: only pages of this machine (no DNS rebinding)
+            host = request.headers.get("host", "").rsplit(":", 1)[0].strip("[]")
+            if host not in LOOPBACK:
+                return PlainTextResponse("403: open the URL the rating server printed", status_code=403)
             return await call_next(request)
         given = request.query_params.get("token") or request.cookies.get(ACCESS) or ""
         if not secrets.compare_digest(given.encode(), access_token.encode()):
