@@ -525,3 +525,42 @@ def test_ablate_report_only_adds_human_scores(data_root, tmp_path, monkeypatch):
     assert "## Human evaluation" in report and "## Results" in report
     assert "| vae | 4 | 1 | 25.0% [" in report and "| 50.0% [" in report  # 1 error of 4; 1 of 2 fakes judged real
     assert "<h2>Human evaluation</h2>" in (tmp_path / "report.html").read_text()
+
+
+# --- rounds --------------------------------------------------------------------------------------
+def _stub(name: str, classes: int):
+    from types import SimpleNamespace
+
+    from gen_dist.config import load_config
+
+    return SimpleNamespace(name=name, num_classes=classes, cfg=load_config(None, ["data.dataset=mnist"], training=False))
+
+
+def test_rounds_are_balanced_shuffled_and_sides_random():
+    from gen_dist.human_eval.tasks import Study
+
+    rf = Study("real-or-fake", [_stub("a", 0), _stub("b", 0)], 5, 0, 256)
+    rf.real_indices = {"a": [10, 11, 12, 13, 14], "b": [20, 21, 22, 23, 24]}
+    rounds = [rf.draw_round() for _ in range(20)]
+    for tasks in rounds:
+        assert len(tasks) == 20 and len({t["id"] for t in tasks} | {t["image_a"] for t in tasks}) == 40
+        for model, reals in rf.real_indices.items():
+            block = sorted((t["source_a"], t["index_a"]) for t in tasks if t["block"] == model)
+            assert block == sorted([(model, i) for i in range(5)] + [("real", j) for j in reals])
+    assert len({tuple(t["source_a"] for t in tasks) for tasks in rounds}) > 1  # shuffled anew per rater
+    pw = Study("pairwise", [_stub("a", 0), _stub("b", 0), _stub("c", 0)], 4, 0, 256)
+    tasks = [t for _ in range(10) for t in pw.draw_round()]
+    assert len(tasks) == 10 * 3 * 4 and all(t["index_a"] == t["index_b"] for t in tasks)
+    lefts = {(t["block"], t["source_a"]) for t in tasks}
+    assert lefts == {("a|b", "a"), ("a|b", "b"), ("a|c", "a"), ("a|c", "c"), ("b|c", "b"), ("b|c", "c")}
+
+
+def test_pairwise_question_names_the_class_of_conditional_models():
+    from gen_dist.human_eval.tasks import Study
+
+    conditional = Study("pairwise", [_stub("a", 10), _stub("b", 10)], 4, 0, 256)
+    conditional.classes = [f"{i} - digit" for i in range(10)]
+    assert conditional.question(13) == "Which looks more like a real MNIST image of class \u201c3 - digit\u201d?"
+    plain = Study("pairwise", [_stub("a", 0), _stub("b", 10)], 4, 0, 256)
+    plain.classes = conditional.classes
+    assert plain.question(13) == "Which looks more like a real MNIST image?"
