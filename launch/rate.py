@@ -125,7 +125,11 @@ def report(args) -> int:
 def serve(args) -> int:
     import secrets
 
-    import uvicorn
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as e:
+        raise UserError(f"the rating server needs FastAPI and uvicorn ({e}): pip install -e '.[rate]'") from None
 
     sock = bind(args.host, args.port)  # first: a port in use is found before torch is imported
     try:
