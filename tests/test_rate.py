@@ -564,3 +564,14 @@ def test_pairwise_question_names_the_class_of_conditional_models():
     plain = Study("pairwise", [_stub("a", 0), _stub("b", 10)], 4, 0, 256)
     plain.classes = conditional.classes
     assert plain.question(13) == "Which looks more like a real MNIST image?"
+
+
+def test_database_of_another_setup_exits_2(runs, tmp_path, capsys):
+    database = tmp_path / "other.sqlite"
+    db.init(database)
+    conn = db.connect(database)
+    db.set_meta_default(conn, "study:real-or-fake", json.dumps({"models": ["someone_else"]}))
+    conn.close()
+    assert rate_cli.main(["--checkpoint", _final(runs, "vae"), "--db", str(database)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds real-or-fake rounds of another setup" in err and "\n" not in err
