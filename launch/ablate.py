@@ -191,6 +191,9 @@ def make_report(study: StudySpec, study_dir: Path, runs: list[ModelRun], argv: l
     sources = prepare_sources(runs[0].cfg.data, train=False)  # the test images reconstructed in the report
     command = "launch/ablate.py " + " ".join(argv)
     path = build_report(study.name, study_dir, runs, sources.test.images, command=command)
+    from gen_dist.human_eval.report import add_to_study_report  # human scores, when study_dir has human_eval.sqlite
+
+    add_to_study_report(study_dir, path)
     print(f"ablate: report written to {path} (and {path.with_suffix('.html')})", flush=True)
     return path
 
