@@ -25,10 +25,10 @@ import torch.nn as nn
 from torch.special import ndtr
 
 from gen_dist.config import Config
-from gen_dist.kl_schedule import KLSchedule
-from gen_dist.losses import d_loss, feature_matching, g_loss, gradient_penalty, vae_terms
-from gen_dist.remedies.replay import ReplayBuffer
-from gen_dist.remedies.unrolled import UnrolledDiscriminator, check_unrollable
+from gen_dist.training.kl_schedule import KLSchedule
+from gen_dist.training.losses import d_loss, feature_matching, g_loss, gradient_penalty, vae_terms
+from gen_dist.training.remedies.replay import ReplayBuffer
+from gen_dist.training.remedies.unrolled import UnrolledDiscriminator, check_unrollable
 
 LossFn = Callable[..., tuple[torch.Tensor, dict]]  # (batch, draw, step=None) -> (loss, logs)
 
