@@ -35,7 +35,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from gen_dist.metrics import FeatureStats, extract_features, frechet_distance, load_inception
+from gen_dist.evaluation.metrics import FeatureStats, extract_features, frechet_distance, load_inception
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = os.environ.get("GEN_DIST_DATA", str(REPO.parent / "shared" / "data"))

@@ -71,7 +71,7 @@ def json_stdout():
 def build_trainer(config: str, overrides: list[str], run_dir: str):
     """A real Trainer on 1 process, reading the in-memory arrays (no shard conversion), no W&B."""
     from gen_dist.config import load_config
-    from gen_dist.trainer import Trainer
+    from gen_dist.training.trainer import Trainer
 
     cfg = load_config(str(REPO / "configs" / f"{config}.yaml"), [
         f"run.dir={run_dir}", "train.max_steps=1000000", "train.resume=none", "tracking.wandb=false",

@@ -53,7 +53,7 @@ def worker(args) -> None:
     import torch
 
     from gen_dist.config import load_config
-    from gen_dist.trainer import Trainer
+    from gen_dist.training.trainer import Trainer
 
     run = tempfile.mkdtemp(prefix="zero_mem_")
     cfg = load_config(str(REPO / "configs" / "dcgan_mnist.yaml"), [

@@ -130,7 +130,7 @@ class EvalConfig:
     collapse_threshold: float = 0.1  # KL per image (nats) below which the posterior counts as collapsed
     collapse_patience: int = 3  # evaluations in a row below the threshold before it is declared
     collapse_stop: bool = True  # stop training (with a checkpoint) when collapse is declared
-    # mode coverage (gen_dist/metrics/mode_coverage.py): generated samples classified by a small CNN trained
+    # mode coverage (gen_dist/evaluation/metrics/mode_coverage.py): generated samples classified by a small CNN trained
     # on the real training split; classes covered, KL to the real class distribution, a mode-collapse alarm
     mode_coverage: Optional[bool] = None  # null = on for kind gan / vaegan when the dataset has classes
     coverage_samples: int = 2000  # generated samples classified (sample i seeded by i, strided over ranks)
@@ -138,7 +138,7 @@ class EvalConfig:
     classifier_cache: str = "${oc.env:GEN_DIST_CLASSIFIER_CACHE,classifiers}"  # trained classifiers, by data + size
     classifier_epochs: int = 1  # passes over the training split (1: MNIST ~98.7%, Fashion ~88.7% test accuracy)
     classifier_limit: int = 0  # train the classifier on the first N training images only (0 = all; for tests)
-    # disentanglement (gen_dist/metrics/disentanglement.py; dataset dsprites, kind vae/vaegan): beta-VAE metric
+    # disentanglement (gen_dist/evaluation/metrics/disentanglement.py; dataset dsprites, kind vae/vaegan): beta-VAE metric
     # (Higgins et al. 2017) and FactorVAE metric (Kim & Mnih 2018) from the encoder's posterior means
     disentanglement: bool = False  # compute disent/betavae and disent/factorvae at each evaluation
     disentanglement_images: int = 0  # test images encoded, the pool every batch is drawn from (0 = whole split)
@@ -173,7 +173,7 @@ class TrackingConfig:
 
 @dataclass
 class SpeedConfig:
-    """GPU fast paths (gen_dist/fast_paths.py): each auto | true | false; auto = on when training on CUDA."""
+    """GPU fast paths (gen_dist/training/fast_paths.py): each auto | true | false; auto = on when training on CUDA."""
     channels_last: str = "auto"  # conv weights (and so activations) in NHWC: tensor-core kernels without transposes
     tf32: str = "auto"  # fp32 matmuls/convolutions on TF32 tensor cores (CUDA only; 10-bit mantissa inputs)
     cudnn_benchmark: str = "auto"  # cuDNN autotunes each conv for the (fixed) batch shape (CUDA only)
@@ -408,7 +408,7 @@ def _validate_remedies(cfg: Config) -> None:
 
 def _validate_speed(cfg: Config) -> None:
     """speed.*: auto | true | false (YAML booleans arrive as 'True' / 'False'), normalised to lower case."""
-    from gen_dist.fast_paths import SWITCHES, VALUES
+    from gen_dist.training.fast_paths import SWITCHES, VALUES
 
     for name in SWITCHES:
         value = str(getattr(cfg.speed, name)).lower()

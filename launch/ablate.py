@@ -36,7 +36,7 @@ from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from gen_dist.config import Config, load_config  # noqa: E402
 from gen_dist.errors import ConfigError, UserError  # noqa: E402
-from gen_dist.report import ModelRun, build_report, is_finished  # noqa: E402
+from gen_dist.study.report import ModelRun, build_report, is_finished  # noqa: E402
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # also a folder name
 
@@ -148,8 +148,8 @@ def train_model(run: ModelRun) -> str | None:
     """Train one model in this process (every rank); returns the trainer's stop reason (None: done).
     The process group stays up for the next model: re-creating a destroyed one raced (a rank that got
     there first read the previous group's rendezvous keys and the other hung)."""
-    from gen_dist.preflight import preflight
-    from gen_dist.trainer import Trainer
+    from gen_dist.training.preflight import preflight
+    from gen_dist.training.trainer import Trainer
 
     preflight(run.cfg)
     trainer = Trainer(run.cfg)
@@ -239,6 +239,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from gen_dist.teardown import exit_process
+    from gen_dist.distributed.teardown import exit_process
 
     exit_process(main())

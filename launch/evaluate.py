@@ -47,7 +47,7 @@ def print_table(metrics: dict) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        from gen_dist.standalone import compare_image_sets, evaluate_checkpoint
+        from gen_dist.evaluation.offline import compare_image_sets, evaluate_checkpoint
 
         if args.compare:
             metrics = compare_image_sets(*args.compare, args.overrides, batch_size=args.batch_size)
@@ -70,6 +70,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from gen_dist.teardown import exit_process
+    from gen_dist.distributed.teardown import exit_process
 
     exit_process(main())

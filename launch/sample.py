@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         check_args(args)
-        from gen_dist.sampling import check_class, load_trained
+        from gen_dist.generation.sampling import check_class, load_trained
 
         trained = load_trained(args.checkpoint)
         check_class(trained.num_classes, args.label)
@@ -78,8 +78,8 @@ def main(argv=None) -> int:
 
 
 def run(args, trained) -> int:
-    from gen_dist import sampling
-    from gen_dist.engine import Engine
+    from gen_dist.generation import sampling
+    from gen_dist.distributed.engine import Engine
 
     engine = Engine("no", trained.cfg.seed)  # sampling runs in float32
     trained.model.to(engine.device)
@@ -104,6 +104,6 @@ def run(args, trained) -> int:
 
 
 if __name__ == "__main__":
-    from gen_dist.teardown import exit_process
+    from gen_dist.distributed.teardown import exit_process
 
     exit_process(main())

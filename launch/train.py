@@ -43,10 +43,10 @@ def main(argv=None) -> int:
         if args.print_config:
             print(to_yaml(cfg), end="")
             return 0
-        from gen_dist.preflight import preflight
+        from gen_dist.training.preflight import preflight
 
         preflight(cfg)
-        from gen_dist.trainer import Trainer
+        from gen_dist.training.trainer import Trainer
 
         Trainer(cfg).train()
     except UserError as e:
@@ -56,6 +56,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from gen_dist.teardown import exit_process
+    from gen_dist.distributed.teardown import exit_process
 
     exit_process(main())

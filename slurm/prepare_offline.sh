@@ -46,7 +46,7 @@ def main(config, overrides):
         for train in (True, False):
             load_arrays(data.dataset, data.root, train, True)
         print(f"prepare_offline: dataset {data.dataset} in {Path(data.root).resolve()}")
-    from gen_dist.data.sources import ensure_shards
+    from gen_dist.data.datasets import ensure_shards
 
     for split, spec in (("train", data.shards), ("test", data.test_shards)):
         if spec == "auto":
@@ -60,7 +60,7 @@ def main(config, overrides):
         import torch
         from pytorch_fid import inception as pfi
 
-        from gen_dist.metrics.inception import FID_WEIGHTS_FILE
+        from gen_dist.evaluation.metrics.inception import FID_WEIGHTS_FILE
 
         target = ev.inception_weights or os.environ.get("GEN_DIST_INCEPTION_WEIGHTS") or \
             str(Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_FILE)

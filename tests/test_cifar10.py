@@ -153,7 +153,7 @@ def test_cifar10_config_trains(config, nproc, extra, cifar_root, data_root, tmp_
         tiles = recon[2:34, 2:34].astype(int)
         assert np.abs(tiles[..., 0] - tiles[..., 1]).max() > 0, "the real test image lost its colour"
 
-    from gen_dist.sampling import sample_images  # the sampling path reads the 3-channel checkpoint
+    from gen_dist.generation.sampling import sample_images  # the sampling path reads the 3-channel checkpoint
 
     images = sample_images(str(run_dir / "checkpoints" / "final.pt"), n=4, seed=0)
     assert tuple(images.shape) == (4, 3, 32, 32)

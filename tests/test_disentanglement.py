@@ -1,4 +1,4 @@
-"""The beta-VAE and FactorVAE metrics (gen_dist/metrics/disentanglement.py) on codes whose answer is known,
+"""The beta-VAE and FactorVAE metrics (gen_dist/evaluation/metrics/disentanglement.py) on codes whose answer is known,
 on real dSprites images through an encoder computed from the pixels, and in a real 2-process run of
 configs/betavae_dsprites.yaml whose numbers launch/evaluate.py reproduces on 1 and 2 processes."""
 
@@ -13,7 +13,7 @@ import torch
 from conftest import TINY, read_metrics, train
 
 from gen_dist.data.dsprites import Grid, load_split, split_indices
-from gen_dist.metrics.disentanglement import betavae_score, disentanglement_metrics, encode_pool, factorvae_score
+from gen_dist.evaluation.metrics.disentanglement import betavae_score, disentanglement_metrics, encode_pool, factorvae_score
 
 GRID = Grid()  # the default subset; its test split (4,633 images) is the pool, as in evaluation
 FACTORS = GRID.factors(split_indices(GRID, "test"))

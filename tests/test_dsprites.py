@@ -137,7 +137,7 @@ def test_other_datasets_shards_have_no_factor_members(data_root, tmp_path):
 
 
 def test_auto_shards_and_the_in_memory_path_give_the_test_split_with_factors(tmp_path):
-    from gen_dist.data.sources import prepare_sources
+    from gen_dist.data.datasets import prepare_sources
 
     over = [f"data.shard_cache={tmp_path}", "data.dsprites_orientations=4", "data.dsprites_positions=8"]
     cfg = load_config("configs/betavae_dsprites.yaml", over)

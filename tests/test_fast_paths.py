@@ -1,4 +1,4 @@
-"""Speed: the speed.* switches (gen_dist/fast_paths.py) on CPU, the keyed noise after its speed-up,
+"""Speed: the speed.* switches (gen_dist/training/fast_paths.py) on CPU, the keyed noise after its speed-up,
 and the benchmark scripts (bench/) as smoke tests: they run and print one JSON object per line."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from conftest import PYTHON, REPO, TINY, read_metrics, run_env, train
 
 from gen_dist.config import SpeedConfig, load_config
 from gen_dist.errors import ConfigError
-from gen_dist.fast_paths import adam_kwargs, compile_module, resolve
+from gen_dist.training.fast_paths import adam_kwargs, compile_module, resolve
 from gen_dist.models import DCGANDiscriminator
 from gen_dist.noise import Noise, _key_seed, latents_for
 

@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from pytorch_fid.fid_score import calculate_frechet_distance
 
-from gen_dist.metrics import (FeatureBank, FeatureStats, MetricsError, compute_fid, frechet_distance,
+from gen_dist.evaluation.metrics import (FeatureBank, FeatureStats, MetricsError, compute_fid, frechet_distance,
                               kid, load_stats, precision_recall, save_stats)
 
 # pytorch-fid passes scipy's deprecated sqrtm(disp=...): its warning, not ours.

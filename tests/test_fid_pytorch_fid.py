@@ -23,9 +23,9 @@ import torchvision.transforms as TF
 from PIL import Image
 from pytorch_fid.fid_score import ImagePathDataset
 
-from gen_dist.metrics import (MetricsError, load_inception,
+from gen_dist.evaluation.metrics import (MetricsError, load_inception,
                               to_inception_input)
-from gen_dist.metrics.inception import FID_WEIGHTS_FILE
+from gen_dist.evaluation.metrics.inception import FID_WEIGHTS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = os.environ.get("GEN_DIST_DATA", str(REPO.parent / "shared" / "data"))

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torchvision
 
-from gen_dist.metrics import (FeatureBank, MetricsError, fid_logits, imagenet_logits, inception_score, kid,
+from gen_dist.evaluation.metrics import (FeatureBank, MetricsError, fid_logits, imagenet_logits, inception_score, kid,
                               load_imagenet_classifier, load_inception, precision_recall)
-from gen_dist.metrics.kid import mmd2_unbiased
+from gen_dist.evaluation.metrics.kid import mmd2_unbiased
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = os.environ.get("GEN_DIST_INCEPTION_WEIGHTS",

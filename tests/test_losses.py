@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gen_dist.losses import d_loss, g_loss, gradient_penalty, kl_per_dim, vae_terms
+from gen_dist.training.losses import d_loss, g_loss, gradient_penalty, kl_per_dim, vae_terms
 
 
 def test_nonsat_equals_the_seeds_sigmoid_bce():

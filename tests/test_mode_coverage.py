@@ -13,7 +13,7 @@ from conftest import REPO, TINY, read_metrics
 from gen_dist.config import load_config
 from gen_dist.data import prepare_sources, to_model_range
 from gen_dist.errors import ConfigError
-from gen_dist.metrics.mode_coverage import cache_path, coverage_metrics, load_or_train
+from gen_dist.evaluation.metrics.mode_coverage import cache_path, coverage_metrics, load_or_train
 from gen_dist.noise import latents_for
 
 
@@ -89,8 +89,8 @@ class OneImageGenerator(nn.Module):
 
 def test_real_test_images_cover_every_class(data_root, cache, mnist_test, classifier):
     """Sample i = test image i, through the evaluator's generated-sample path: all 10 classes, KL near 0."""
-    from gen_dist.engine import Engine
-    from gen_dist.evaluation import Evaluator
+    from gen_dist.distributed.engine import Engine
+    from gen_dist.evaluation.evaluator import Evaluator
 
     n = 2000
     cfg = _cfg(data_root, cache, f"eval.coverage_samples={n}", "eval.mode_coverage=true")
@@ -114,7 +114,7 @@ def test_one_class_generator_raises_the_alarm_in_training(data_root, cache, mnis
                                                           capsys):
     """A 32 px GAN trainer's evaluation with G replaced by a one-image generator: alarm printed and logged
     (the 28 px classifier cached above measures it)."""
-    from gen_dist.trainer import Trainer
+    from gen_dist.training.trainer import Trainer
 
     cfg = load_config(str(REPO / "configs" / "dcgan32_mnist.yaml"),
                       TINY + [f"data.root={data_root}", f"eval.classifier_cache={cache}",

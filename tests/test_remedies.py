@@ -13,13 +13,13 @@ from conftest import TINY, read_metrics, train
 from gen_dist import checkpoint as ckpt
 from gen_dist.config import load_config
 from gen_dist.errors import ConfigError
-from gen_dist.kl_schedule import KLSchedule
-from gen_dist.losses import feature_matching, g_loss
+from gen_dist.training.kl_schedule import KLSchedule
+from gen_dist.training.losses import feature_matching, g_loss
 from gen_dist.models import build_models
 from gen_dist.models.minibatch import MinibatchDiscrimination, MinibatchStdDev, group_size_for
 from gen_dist.noise import Noise
-from gen_dist.remedies import ReplayBuffer, UnrolledDiscriminator
-from gen_dist.steps import build_phases
+from gen_dist.training.remedies import ReplayBuffer, UnrolledDiscriminator
+from gen_dist.training.phases import build_phases
 
 
 # --- the pieces, by hand --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""launch/sample.py and gen_dist/sampling.py on checkpoints of tiny real training runs: a DCGAN-32
+"""launch/sample.py and gen_dist/generation/sampling.py on checkpoints of tiny real training runs: a DCGAN-32
 (with EMA), a class-conditional DCGAN and a conv VAE (its decoder), on real MNIST."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from PIL import Image
 
 from conftest import REPO, TINY, train
 from gen_dist.noise import latents_for
-from gen_dist.sampling import load_trained, sample_images
+from gen_dist.generation.sampling import load_trained, sample_images
 
 _spec = importlib.util.spec_from_file_location("sample_cli", REPO / "launch" / "sample.py")
 sample_cli = importlib.util.module_from_spec(_spec)

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from gen_dist.metrics.collapse import PosteriorCollapseDetector
-from gen_dist.metrics.stability import FIGURES, stability_figures
+from gen_dist.evaluation.metrics.collapse import PosteriorCollapseDetector
+from gen_dist.evaluation.metrics.stability import FIGURES, stability_figures
 
 
 def test_constant_curve_gives_zeros():

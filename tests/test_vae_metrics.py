@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from gen_dist.losses import kl_per_dim, vae_terms
-from gen_dist.metrics.vae_metrics import (
+from gen_dist.training.losses import kl_per_dim, vae_terms
+from gen_dist.evaluation.metrics.vae_metrics import (
     VAEMetricSums,
     active_units,
     active_units_kl,

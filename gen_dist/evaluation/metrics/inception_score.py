@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn as nn
 
-from gen_dist.metrics.inception import MetricsError, require_classifier
+from gen_dist.evaluation.metrics.inception import MetricsError, require_classifier
 
 
 def fid_logits(model: nn.Module, features: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from gen_dist.metrics.distributed import all_reduce_sum, broadcast_float
+from gen_dist.distributed.collectives import all_reduce_sum, broadcast_float
 
 COLLAPSED_STD = 0.05  # FactorVAE: dimensions whose code std over the pool is below this are dropped
 

@@ -10,7 +10,7 @@ VAE side: test reconstruction (BCE, MSE), KL and the ELBO in the seed's nats per
 latent dimensions, and optionally the IWAE bound.
 
 Disentanglement (dSprites, ``eval.disentanglement``): the beta-VAE and FactorVAE metrics of the encoder's
-posterior means on the test split's ground-truth factors (gen_dist/metrics/disentanglement.py).
+posterior means on the test split's ground-truth factors (gen_dist/evaluation/metrics/disentanglement.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 
 from gen_dist.data import to_model_range
 from gen_dist.noise import latents_for
-from gen_dist.samples import generate
+from gen_dist.generation.images import generate
 
 DETECTOR = "pytorch-fid-inception-v3-pool3"
 
@@ -62,11 +62,11 @@ class Evaluator:
             metrics.update(self.disentanglement(model))
         return metrics
 
-    # --- disentanglement (gen_dist/metrics/disentanglement.py; dSprites) ------------------------
+    # --- disentanglement (gen_dist/evaluation/metrics/disentanglement.py; dSprites) ------------------------
     @torch.no_grad()
     def disentanglement(self, vae) -> dict:
         """beta-VAE and FactorVAE metrics of the encoder's posterior mean on the test split's factors."""
-        from gen_dist.metrics.disentanglement import disentanglement_metrics
+        from gen_dist.evaluation.metrics.disentanglement import disentanglement_metrics
 
         e, c = self.engine, self.cfg
         n = min(len(self.test_set.images), c.eval.disentanglement_images or len(self.test_set.images))
@@ -84,7 +84,7 @@ class Evaluator:
         vae.train(was_training)
         return out
 
-    # --- mode coverage (gen_dist/metrics/mode_coverage.py) ------------------------------------
+    # --- mode coverage (gen_dist/evaluation/metrics/mode_coverage.py) ------------------------------------
     @property
     def wants_coverage(self) -> bool:
         on = self.cfg.eval.mode_coverage
@@ -93,7 +93,7 @@ class Evaluator:
         return bool(on) and self.test_set is not None and self.num_classes >= 2
 
     def mode_coverage(self, model) -> dict:
-        from gen_dist.metrics.mode_coverage import class_counts, coverage_metrics, load_or_train
+        from gen_dist.evaluation.metrics.mode_coverage import class_counts, coverage_metrics, load_or_train
 
         e, c = self.engine, self.cfg
         if self._classifier is None:
@@ -109,14 +109,14 @@ class Evaluator:
     # --- Inception features -------------------------------------------------------------------
     def inception(self):
         if self._inception is None:
-            from gen_dist.metrics import load_inception
+            from gen_dist.evaluation.metrics import load_inception
 
             self._inception = load_inception(self.cfg.eval.inception_weights, self.engine.device)
         return self._inception
 
     def _features(self, batches):
         """Stats and a capped feature bank over (indices, images in [0, 1]) batches of this rank."""
-        from gen_dist.metrics import FEATURE_DIM, FeatureBank, FeatureStats, extract_features
+        from gen_dist.evaluation.metrics import FEATURE_DIM, FeatureBank, FeatureStats, extract_features
 
         stats = FeatureStats(FEATURE_DIM, self.engine.device)
         bank = FeatureBank(FEATURE_DIM, self.cfg.eval.max_features, self.engine.device)
@@ -137,7 +137,7 @@ class Evaluator:
         """(mu, sigma, gathered features) of the test split: from the cache, or computed and cached."""
         if self._real is not None:
             return self._real
-        from gen_dist.metrics import load_stats, save_stats
+        from gen_dist.evaluation.metrics import load_stats, save_stats
 
         e, c = self.engine, self.cfg
         n = min(len(self.test_set.images), c.eval.limit or len(self.test_set.images))
@@ -179,7 +179,7 @@ class Evaluator:
         return self._features(self.generated(model, self.cfg.eval.num_samples))
 
     def sample_quality(self, model) -> dict:
-        from gen_dist.metrics import compute_fid, kid, precision_recall
+        from gen_dist.evaluation.metrics import compute_fid, kid, precision_recall
 
         c = self.cfg.eval
         mu_r, sigma_r, real_feats = self.real_statistics()
@@ -195,7 +195,7 @@ class Evaluator:
             if c.precision_recall:
                 out["precision"], out["recall"] = precision_recall(real_feats, fake_feats, k=c.pr_k)
             if c.inception_score:
-                from gen_dist.metrics import fid_logits, inception_score
+                from gen_dist.evaluation.metrics import fid_logits, inception_score
 
                 out["is"], out["is_std"] = inception_score(fid_logits(self.inception(), fake_feats))
         return out
@@ -204,7 +204,7 @@ class Evaluator:
     @torch.no_grad()
     def vae_metrics(self, vae) -> dict:
         """Test-split metrics of a VAE (or the VAE half of a VAE-GAN), in the seed's nats per image."""
-        from gen_dist.metrics import VAEMetricSums, iwae_bound
+        from gen_dist.evaluation.metrics import VAEMetricSums, iwae_bound
 
         cfg, e = self.cfg, self.engine
         was_training = vae.training

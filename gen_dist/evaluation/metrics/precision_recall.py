@@ -15,8 +15,8 @@ from typing import Callable
 
 import torch
 
-from gen_dist.metrics.distributed import all_reduce_sum, rank, world_size
-from gen_dist.metrics.inception import MetricsError
+from gen_dist.distributed.collectives import all_reduce_sum, rank, world_size
+from gen_dist.evaluation.metrics.inception import MetricsError
 
 
 def _by_row_blocks(n: int, batch_size: int, device, fn: Callable[[slice], torch.Tensor]) -> torch.Tensor:

@@ -136,7 +136,7 @@ def results_table(runs: list[ModelRun]) -> tuple[list[str], list[list[tuple[str,
 
 # --- figures ----------------------------------------------------------------------------------
 def _load_final(run: ModelRun):
-    from gen_dist.sampling import load_trained
+    from gen_dist.generation.sampling import load_trained
 
     return load_trained(run.run_dir / "checkpoints" / "final.pt")
 
@@ -160,7 +160,7 @@ def _grid(images: torch.Tensor, nrow: int):
 def sample_figures(runs: list[ModelRun], seed: int, folder: Path) -> dict[str, Path]:
     """16 samples per model (sample i from the evaluation's latent i: the same latents for models of the
     same latent size), one grid each and all side by side."""
-    from gen_dist.sampling import sample_images, save_grid
+    from gen_dist.generation.sampling import sample_images, save_grid
 
     grids = {}
     for r in runs:
@@ -491,7 +491,7 @@ def build_report(study: str, study_dir: Path, runs: list[ModelRun], test_images:
         blocks += [("p", "Reconstruction and sample quality against lambda:"),
                    ("img", "figures/tradeoff.png", "trade-off")]
     blocks += [("h2", "Stability"),
-               ("p", "Figures of each logged loss curve over the whole run (gen_dist/metrics/stability.py): "
+               ("p", "Figures of each logged loss curve over the whole run (gen_dist/evaluation/metrics/stability.py): "
                      "diff_std = rolling std of step-to-step changes (last window, mean over the run), total "
                      "variation = mean |change|, spike_ratio = the largest jump over the typical change around it "
                      "(>10 is a spike) and its step; jitter / level = diff_std_mean over the mean |loss|, "

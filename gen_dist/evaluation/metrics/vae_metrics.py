@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gen_dist.metrics.distributed import all_reduce_sum
+from gen_dist.distributed.collectives import all_reduce_sum
 
 LOG_2PI = math.log(2 * math.pi)
 

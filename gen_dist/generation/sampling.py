@@ -20,7 +20,7 @@ import torch.nn as nn
 from gen_dist.config import Config, load_config
 from gen_dist.errors import CheckpointError, UserError
 from gen_dist.noise import latents_for
-from gen_dist.samples import generate
+from gen_dist.generation.images import generate
 
 
 @dataclass
@@ -54,7 +54,7 @@ def _build(cfg: Config, weights: dict, path: str) -> nn.Module:
 def load_trained(path: str | Path, overrides: Sequence[str] = (), device: torch.device | str = "cpu") -> Trained:
     """A resume state (step_*.pt, best_state.pt: EMA weights when the run kept them) or a seed-format
     export (final.pt, best.pt), in eval mode on ``device``."""
-    from gen_dist.standalone import MACHINE_LOCAL, load_generator_weights
+    from gen_dist.evaluation.offline import MACHINE_LOCAL, load_generator_weights
 
     weights, saved, info = load_generator_weights(str(path))
     for section, key in MACHINE_LOCAL:  # paths of the training machine; unused here, resolved afresh
@@ -126,7 +126,7 @@ def sample_images(source, cfg: Config | None = None, n: int = 16, seed: int = 0,
     """n images [n, C, H, W] in [0, 1] from a checkpoint path, a ``Trained``, or a model with its cfg.
 
     labels: None (conditional models cycle through the classes), one class for all, or one per image.
-    engine: a ``gen_dist.engine.Engine`` to share the work across its processes (all get all images).
+    engine: a ``gen_dist.distributed.engine.Engine`` to share the work across its processes (all get all images).
     """
     if n < 1:
         raise UserError(f"asked for {n} images: ask for at least 1")

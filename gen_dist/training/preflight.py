@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 from gen_dist.config import Config
-from gen_dist.deepspeed_support import check_deepspeed
-from gen_dist.engine import check_launch_environment
+from gen_dist.distributed.deepspeed import check_deepspeed
+from gen_dist.distributed.engine import check_launch_environment
 from gen_dist.errors import DataError, UserError
 
 
@@ -44,7 +44,7 @@ def check_data(cfg: Config) -> None:
 
 def check_sources(cfg: Config) -> None:
     """Given shards must exist now; `auto` shards and direct reads need the torchvision source."""
-    from gen_dist.data.sources import auto_shard_dir
+    from gen_dist.data.datasets import auto_shard_dir
     from gen_dist.data.shards import check_shards
 
     needs_source = False
@@ -63,7 +63,7 @@ def check_metrics(cfg: Config) -> None:
     """Inception Score needs a real classifier: refuse before launch when the weights' fc is zeros."""
     if not (cfg.eval.sample_quality and cfg.eval.inception_score):
         return
-    from gen_dist.metrics import MetricsError, load_inception
+    from gen_dist.evaluation.metrics import MetricsError, load_inception
 
     if load_inception(cfg.eval.inception_weights).fc_is_zero:
         raise MetricsError("eval.inception_score=true but the Inception weights' classifier (fc) is all zeros, "

@@ -129,7 +129,7 @@ def check_deepspeed(cfg) -> None:
     launch = read_launch()
     if launch is None:
         return
-    from gen_dist.engine import _want_mixed_precision
+    from gen_dist.distributed.engine import _want_mixed_precision
 
     engine_config(launch, cfg.train, _want_mixed_precision(cfg.train.mixed_precision))
     stage = launch.stage

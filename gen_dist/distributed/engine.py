@@ -3,7 +3,7 @@ the optimizers.
 
 Models and losses stay plain; the trainer asks the engine to prepare them, to run backward, to step
 an optimizer, and to reduce numbers across ranks. The accelerate config file picks DDP or DeepSpeed;
-with DeepSpeed each model becomes its own DeepSpeed engine (see deepspeed_support.py) and Accelerate
+with DeepSpeed each model becomes its own DeepSpeed engine (see deepspeed.py) and Accelerate
 only provides the process group and the collectives.
 """
 
@@ -16,7 +16,7 @@ from datetime import timedelta
 import torch
 import torch.nn as nn
 
-from gen_dist import deepspeed_support as dss
+from gen_dist.distributed import deepspeed as dss
 from gen_dist.errors import UserError
 
 

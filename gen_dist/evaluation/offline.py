@@ -14,7 +14,7 @@ import torch
 from gen_dist import checkpoint as ckpt
 from gen_dist.config import load_config
 from gen_dist.errors import CheckpointError, DataError
-from gen_dist.evaluation import Evaluator, strided
+from gen_dist.evaluation.evaluator import Evaluator, strided
 
 # config keys that name places on the machine that trained, not the one that evaluates
 MACHINE_LOCAL = [("data", "root"), ("data", "shard_cache"), ("eval", "stats_cache")]
@@ -49,7 +49,7 @@ def load_generator_weights(path: str) -> tuple[dict, dict, dict]:
 def evaluate_checkpoint(path: str, overrides: list[str]) -> dict | None:
     """All metrics of the saved generator / VAE; the result on the main process, None elsewhere."""
     from gen_dist.data import prepare_sources
-    from gen_dist.engine import Engine
+    from gen_dist.distributed.engine import Engine
     from gen_dist.models import build_models
 
     weights, saved, info = load_generator_weights(path)
@@ -111,8 +111,8 @@ class _ImageSet:
 
 def compare_image_sets(a: str, b: str, overrides: list[str], batch_size: int = 50) -> dict | None:
     """FID (and KID, precision/recall) between two image sets, like `python -m pytorch_fid A B`."""
-    from gen_dist.engine import Engine
-    from gen_dist.metrics import compute_fid, kid, precision_recall
+    from gen_dist.distributed.engine import Engine
+    from gen_dist.evaluation.metrics import compute_fid, kid, precision_recall
 
     cfg = load_config(None, overrides, training=False)
     engine = Engine("no", cfg.seed)

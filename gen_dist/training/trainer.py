@@ -1,7 +1,7 @@
 """The training loop: build everything from the config, resume, run steps, log, sample, evaluate, save.
 
 Read top to bottom: ``Trainer.__init__`` builds, ``train`` loops, the methods below it are the loop's
-paragraphs. Distribution is the engine's business; the steps are data (see steps.py).
+paragraphs. Distribution is the engine's business; the steps are data (see phases/).
 """
 
 from __future__ import annotations
@@ -18,18 +18,18 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from gen_dist import checkpoint as ckpt
-from gen_dist import deepspeed_support as dss
-from gen_dist import fast_paths
+from gen_dist.distributed import deepspeed as dss
+from gen_dist.training import fast_paths
 from gen_dist.config import Config, to_dict, to_yaml
 from gen_dist.data import build_train_loader, prepare_sources, to_model_range
-from gen_dist.engine import Engine
+from gen_dist.distributed.engine import Engine
 from gen_dist.errors import CheckpointError
-from gen_dist.evaluation import Evaluator
+from gen_dist.evaluation.evaluator import Evaluator
 from gen_dist.models import build_models
 from gen_dist.noise import Noise
-from gen_dist.preemption import CHECK_EVERY, PREEMPTED_MARKER, Preemption
-from gen_dist.samples import reconstruction_grid, sample_grid
-from gen_dist.steps import build_phases
+from gen_dist.distributed.preemption import CHECK_EVERY, PREEMPTED_MARKER, Preemption
+from gen_dist.generation.images import reconstruction_grid, sample_grid
+from gen_dist.training.phases import build_phases
 from gen_dist.tracking import Tracker, new_run_id
 
 
@@ -54,7 +54,7 @@ class Trainer:
         self.test_set = sources.test
         self.num_classes = len(sources.classes)
         self.evaluator = Evaluator(cfg, e, self.test_set, self.num_classes)
-        from gen_dist.metrics import PosteriorCollapseDetector
+        from gen_dist.evaluation.metrics import PosteriorCollapseDetector
 
         self.collapse = PosteriorCollapseDetector(cfg.eval.collapse_threshold, cfg.eval.collapse_patience)
         self.loss_history: dict[str, list] = {}  # logged (rank-averaged) losses, for stability figures
@@ -282,7 +282,7 @@ class Trainer:
                               if isinstance(v, (int, float)) and not isinstance(v, bool))
             print(f"gen_dist: eval at step {self.step}: {shown}", flush=True)
             if metrics.get("coverage/alarm"):  # few classes among the samples: the generator collapsed modes
-                from gen_dist.metrics import alarm_message
+                from gen_dist.evaluation.metrics import alarm_message
 
                 print(f"gen_dist: {alarm_message(metrics, self.cfg.eval.coverage_alarm)}", flush=True)
         name = self.cfg.eval.best_metric
@@ -294,7 +294,7 @@ class Trainer:
 
     def _stability(self) -> dict:
         """How smooth each loss curve was so far (rolling std of successive differences, spikes)."""
-        from gen_dist.metrics import stability_figures
+        from gen_dist.evaluation.metrics import stability_figures
 
         out = {}
         for key, points in self.loss_history.items():
@@ -431,7 +431,7 @@ class Trainer:
             print(f"gen_dist: resumed from {path} at step {self.step}", flush=True)
 
     def _remedy_state(self) -> dict:
-        """Stateful mode-collapse remedies of the phases (steps.py), by name."""
+        """Stateful mode-collapse remedies of the phases (phases/), by name."""
         return {name: obj for phase in self.phases for name, obj in phase.state.items()}
 
     def _engines(self) -> dict:

@@ -5,10 +5,10 @@ All are rank-aware: each rank computes features for its share of samples; statis
 and every rank returns the same numbers.
 """
 
-from gen_dist.metrics.collapse import PosteriorCollapseDetector
-from gen_dist.metrics.distributed import FeatureBank
-from gen_dist.metrics.fid import FeatureStats, compute_fid, frechet_distance, load_stats, save_stats
-from gen_dist.metrics.inception import (
+from gen_dist.evaluation.metrics.collapse import PosteriorCollapseDetector
+from gen_dist.distributed.collectives import FeatureBank
+from gen_dist.evaluation.metrics.fid import FeatureStats, compute_fid, frechet_distance, load_stats, save_stats
+from gen_dist.evaluation.metrics.inception import (
     FEATURE_DIM,
     MetricsError,
     extract_features,
@@ -17,12 +17,12 @@ from gen_dist.metrics.inception import (
     load_inception,
     to_inception_input,
 )
-from gen_dist.metrics.inception_score import fid_logits, inception_score
-from gen_dist.metrics.kid import kid
-from gen_dist.metrics.mode_coverage import alarm_message, coverage_metrics, load_or_train
-from gen_dist.metrics.precision_recall import precision_recall
-from gen_dist.metrics.stability import stability_figures
-from gen_dist.metrics.vae_metrics import (VAEMetricSums, active_units, active_units_kl, elbo, iwae_bound,
+from gen_dist.evaluation.metrics.inception_score import fid_logits, inception_score
+from gen_dist.evaluation.metrics.kid import kid
+from gen_dist.evaluation.metrics.mode_coverage import alarm_message, coverage_metrics, load_or_train
+from gen_dist.evaluation.metrics.precision_recall import precision_recall
+from gen_dist.evaluation.metrics.stability import stability_figures
+from gen_dist.evaluation.metrics.vae_metrics import (VAEMetricSums, active_units, active_units_kl, elbo, iwae_bound,
                                           kl_per_dimension)
 
 __all__ = [

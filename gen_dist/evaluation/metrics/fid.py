@@ -14,8 +14,8 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from gen_dist.metrics.distributed import all_reduce_sum, broadcast_float, rank
-from gen_dist.metrics.inception import FEATURE_DIM, MetricsError
+from gen_dist.distributed.collectives import all_reduce_sum, broadcast_float, rank
+from gen_dist.evaluation.metrics.inception import FEATURE_DIM, MetricsError
 
 
 class FeatureStats:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gen_dist.metrics.distributed import all_reduce_sum, rank, world_size
-from gen_dist.metrics.inception import MetricsError
+from gen_dist.distributed.collectives import all_reduce_sum, rank, world_size
+from gen_dist.evaluation.metrics.inception import MetricsError
 
 
 def polynomial_kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
