@@ -14,7 +14,7 @@ import torch
 
 from gen_dist.data import prepare_sources, to_model_range  # the public loader evaluation uses
 from gen_dist.errors import CheckpointError, UserError
-from gen_dist.sampling import load_trained, sample_images
+from gen_dist.generation.sampling import load_trained, sample_images
 
 __all__ = ["CheckpointError", "Model", "UserError", "load_model", "generated", "real_test_images"]
 
@@ -23,7 +23,7 @@ __all__ = ["CheckpointError", "Model", "UserError", "load_model", "generated", "
 class Model:
     name: str
     path: str
-    trained: object  # gen_dist.sampling.Trained
+    trained: object  # gen_dist.generation.sampling.Trained
 
     @property
     def cfg(self):
