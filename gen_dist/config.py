@@ -64,9 +64,22 @@ class LossConfig:
     recon_scale: str = "sum"  # sum: nats per image (the seed's); mean: per pixel (KL divided too)
     beta: float = 1.0  # weight of the KL term (beta-VAE)
     batch_sum: bool = False  # sum the VAE loss over the global batch (the seed's) instead of mean
-    adv_lambda: float = 1.0  # VAE-GAN: weight of the adversarial term
+    adv_lambda: float = 1.0  # VAE-GAN: weight of the adversarial term (the multiplier, when adaptive)
     vaegan_weighting: str = "convex"  # convex: (1-l)*recon + KL + l*adv | additive: recon + KL + l*adv
-    vaegan_prior_samples: bool = False  # VAE-GAN: D also sees decoder(z ~ N(0, I)) as fake
+    vaegan_prior_samples: bool = True  # VAE-GAN: D also sees decoder(z ~ N(0, I)) as fake, and the
+    #   decoder's adversarial term covers them (Larsen et al. 2016; what FID and a person look at)
+    adv_weight: str = "fixed"  # VAE-GAN: fixed (adv_lambda) | adaptive (Esser et al. 2021: adv_lambda x
+    #   ||grad rec|| / ||grad adv|| at the decoder's output layer, averaged over ranks)
+    adaptive_max: float = 1.0e4  # upper clamp of the adaptive weight
+    disc_start: int = 0  # VAE-GAN: D and the adversarial term start after N steps of plain VAE training
+    adv_stop_at_z: bool = True  # VAE-GAN: the adversarial gradient reaches the decoder only (false: the
+    #   encoder too, through the reconstruction D scores: the reference lesson's formulation)
+    similarity: str = "pixel"  # VAE-GAN reconstruction: pixel (the VAE's term) | learned (Larsen et al.'s
+    #   Dis_l: squared distance of D's feature maps) | both
+    similarity_layer: int = -1  # D's feature map for learned similarity: 1 = after the first conv block,
+    #   -1 = the last (the one before D's head)
+    similarity_gamma: float = 1.0  # Larsen's gamma: the reconstruction's weight in the decoder's loss
+    #   (the encoder's is 1)
     # beta-VAE schedules (VAE and VAE-GAN); step s counts from 1, as metrics.jsonl numbers it
     kl_warmup_steps: int = 0  # beta rises linearly 0 -> loss.beta over N steps: beta * min(1, s/N); 0 = off
     capacity_gamma: float = 0.0  # Burgess et al. 2018: recon + gamma * |KL - C| replaces beta * KL; 0 = off
@@ -209,6 +222,8 @@ CHOICES = {
     "loss.recon": ("bce", "mse"),
     "loss.recon_scale": ("sum", "mean"),
     "loss.vaegan_weighting": ("convex", "additive"),
+    "loss.adv_weight": ("fixed", "adaptive"),
+    "loss.similarity": ("pixel", "learned", "both"),
     "train.mixed_precision": (None, "no", "bf16", "fp16"),
     "tracking.mode": ("auto", "online", "offline"),
 }
@@ -318,6 +333,15 @@ def validate(cfg: Config, training: bool = True) -> None:
     if cfg.loss.vaegan_weighting == "convex" and cfg.loss.adv_lambda > 1:
         raise ConfigError("loss.adv_lambda > 1 with convex weighting: use a value in [0, 1] "
                           "or loss.vaegan_weighting=additive")
+    for key in ["loss.disc_start"]:
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"bad value {key}={_get(cfg, key)}: it must not be negative")
+    for key in ["loss.adaptive_max", "loss.similarity_gamma"]:
+        if not _get(cfg, key) > 0:
+            raise ConfigError(f"bad value {key}={_get(cfg, key)}: it must be positive")
+    if cfg.loss.adv_weight == "adaptive" and cfg.loss.vaegan_weighting == "convex":
+        raise ConfigError("loss.adv_weight=adaptive balances the adversarial term against the whole reconstruction: "
+                          "set loss.vaegan_weighting=additive")
     kind, gen = cfg.model.kind, cfg.model.generator
     if kind in ("vae", "vaegan") and gen not in ("mlp_vae", "conv_vae"):
         raise ConfigError(f"model.kind={kind} needs a VAE: set model.generator=mlp_vae or conv_vae")

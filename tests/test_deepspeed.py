@@ -18,7 +18,9 @@ from gen_dist import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
 STEPS = 3
-SMALL = [f"train.max_steps={STEPS}", "train.n_critic=2", "train.checkpoint_every=100", *TINY]
+SMALL = [f"train.max_steps={STEPS}", "train.n_critic=2", "train.checkpoint_every=100", "loss.disc_start=0", *TINY]
+# ZeRO-3 partitions parameters: no EMA copy and no adaptive VAE-GAN weight there (both refused, exit 2)
+ZERO3 = {"vaegan_mnist": ["train.ema_decay=0", "loss.adv_weight=fixed"]}
 
 
 def ds_env(data_root: str) -> dict:
@@ -52,21 +54,26 @@ def assert_ranks_identical(run: Path) -> None:
 
 @pytest.fixture(scope="module")
 def ddp_runs(data_root, tmp_path_factory):
-    """The DDP reference for each config, trained once."""
+    """The DDP reference for each config and extra overrides, trained once (on first use)."""
     runs = {}
-    for name in ("dcgan32_mnist", "vaegan_mnist"):
-        run = tmp_path_factory.mktemp("ddp") / name
-        train(data_root, 2, "--config", f"configs/{name}.yaml", f"run.dir={run}", *SMALL)
-        runs[name] = run
-    return runs
+
+    def reference(name: str, extra: tuple = ()) -> Path:
+        if (name, extra) not in runs:
+            run = tmp_path_factory.mktemp("ddp") / name
+            train(data_root, 2, "--config", f"configs/{name}.yaml", f"run.dir={run}", *SMALL, *extra)
+            runs[name, extra] = run
+        return runs[name, extra]
+
+    return reference
 
 
 @pytest.mark.parametrize("zero", ["zero1", "zero2", "zero3"])
 @pytest.mark.parametrize("name", ["dcgan32_mnist", "vaegan_mnist"])
 def test_zero_stage_matches_ddp(name, zero, data_root, tmp_path, ddp_runs):
     run = tmp_path / "run"
-    ds_train(data_root, zero, "--config", f"configs/{name}.yaml", f"run.dir={run}", *SMALL)
-    ddp, ds = losses(ddp_runs[name]), losses(run)
+    extra = tuple(ZERO3.get(name, [])) if zero == "zero3" else ()
+    ds_train(data_root, zero, "--config", f"configs/{name}.yaml", f"run.dir={run}", *SMALL, *extra)
+    ddp, ds = losses(ddp_runs(name, extra)), losses(run)
     assert len(ds) == len(ddp) == STEPS
     for step, (a, b) in enumerate(zip(ddp, ds), 1):
         assert a.keys() == b.keys()
@@ -108,7 +115,8 @@ def test_bf16_with_batchnorm(data_root, tmp_path):
 
 def test_kill_and_resume_equals_uninterrupted(data_root, tmp_path):
     args = ["--config", "configs/vaegan_mnist.yaml", "train.max_steps=8", "train.checkpoint_every=2",
-            "train.keep_checkpoints=2", "train.grad_accum=2", "train.grad_clip=1.0", "train.ema_decay=0.9", *TINY]
+            "train.keep_checkpoints=2", "train.grad_accum=2", "train.grad_clip=1.0", "train.ema_decay=0.9",
+            "loss.disc_start=0", *TINY]
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     ds_train(data_root, "zero2", *args, f"run.dir={straight}")
 
@@ -145,6 +153,11 @@ def test_unsupported_combinations_exit_2(data_root, tmp_path):
     proc = ds_train(data_root, "zero3", "--config", "configs/dcgan32_mnist.yaml", f"run.dir={tmp_path}/b",
                     "train.ema_decay=0.999", *SMALL, check=False)
     assert _exit_2(proc) and "train.ema_decay with ZeRO-3" in proc.stderr
+    # the adaptive VAE-GAN weight reads whole gradients of the decoder's output layer
+    proc = ds_train(data_root, "zero3", "--config", "configs/vaegan_mnist.yaml", f"run.dir={tmp_path}/d",
+                    "train.ema_decay=0", "loss.adv_weight=adaptive", "loss.vaegan_weighting=additive", *SMALL,
+                    check=False)
+    assert _exit_2(proc) and "loss.adv_weight=adaptive with ZeRO-3" in proc.stderr
     # fp16 needs CUDA
     proc = ds_train(data_root, "zero2", "--config", "configs/dcgan32_mnist.yaml", f"run.dir={tmp_path}/c",
                     "train.mixed_precision=fp16", *SMALL, check=False)

@@ -138,6 +138,10 @@ def check_deepspeed(cfg) -> None:
     if stage == 3 and cfg.train.ema_decay > 0:
         raise ConfigError("train.ema_decay with ZeRO-3: the EMA copy needs whole parameters, which ZeRO-3 "
                           "partitions; use ZeRO-1/2 (configs/accelerate/zero2.yaml) or train.ema_decay=0")
+    if stage == 3 and cfg.model.kind == "vaegan" and cfg.loss.adv_weight == "adaptive":
+        raise ConfigError("loss.adv_weight=adaptive with ZeRO-3: the weight compares gradients at the decoder's output "
+                          "layer, whose parameters ZeRO-3 partitions; use ZeRO-1/2 (configs/accelerate/zero2.yaml) "
+                          "or loss.adv_weight=fixed")
 
 
 # --- engines ------------------------------------------------------------------------------------

@@ -96,6 +96,24 @@ class DCGANDiscriminator(nn.Module):
         score = self.head(self.minibatch(h) if self.minibatch is not None else h).view(-1)
         return (score, h.flatten(1)) if with_features else score
 
+    def feature_map(self, x: torch.Tensor, layer: int = -1, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The activation after conv block ``layer`` (1 = the first; -1 = the last, before the head):
+        the VAE-GAN's learned similarity (Larsen et al.'s Dis_l) compares images there."""
+        blocks = sum(isinstance(m, nn.LeakyReLU) for m in self.features)
+        if layer == -1:
+            layer = blocks
+        if not 1 <= layer <= blocks:
+            raise ValueError(f"D has {blocks} conv blocks: loss.similarity_layer must be in 1..{blocks} or -1")
+        if self.label_map is not None:
+            x = self.label_map(x, labels)
+        for m in self.features:
+            x = m(x)
+            if isinstance(m, nn.LeakyReLU):
+                layer -= 1
+                if layer == 0:
+                    return x
+        raise AssertionError("unreachable")
+
 
 class SNDiscriminator(nn.Module):
     """The seed's StableDiscriminator: two spectral-norm convs and a spectral-norm linear layer."""
@@ -118,6 +136,15 @@ class SNDiscriminator(nn.Module):
         h = self.act(self.conv2(self.act(self.conv1(x))))
         score = self.fc((self.minibatch(h) if self.minibatch is not None else h).flatten(1)).view(-1)
         return (score, h.flatten(1)) if with_features else score
+
+    def feature_map(self, x: torch.Tensor, layer: int = -1, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The activation after conv ``layer`` (1 or 2; -1 = the last): see DCGANDiscriminator.feature_map."""
+        if layer not in (1, 2, -1):
+            raise ValueError("the spectral-norm D has 2 conv blocks: loss.similarity_layer must be 1, 2 or -1")
+        if self.label_map is not None:
+            x = self.label_map(x, labels)
+        h = self.act(self.conv1(x))
+        return h if layer == 1 else self.act(self.conv2(h))
 
 
 def init_dcgan_weights(module: nn.Module) -> None:

@@ -50,6 +50,10 @@ class MLPDecoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.fc2(F.relu(self.fc1(z)))).view(-1, *self.shape)
 
+    def output_layer(self) -> nn.Module:
+        """The layer that makes the pixels (the VAE-GAN's adaptive weight compares gradients there)."""
+        return self.fc2
+
 
 class MLPVAE(VAEBase):
     """The seed's VAE: 784-400-20 for MNIST (input_dim = channels x size x size)."""
@@ -105,6 +109,10 @@ class ConvDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(F.relu(self.fc(z)).view(-1, *self.start))
+
+    def output_layer(self) -> nn.Module:
+        """The layer that makes the pixels (the VAE-GAN's adaptive weight compares gradients there)."""
+        return self.net[-2]
 
 
 class ConvVAE(VAEBase):

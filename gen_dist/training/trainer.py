@@ -81,7 +81,7 @@ class Trainer:
         if cfg.train.ema_decay > 0:
             self.ema = AveragedModel(e.unwrap(self.G), multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay),
                                      use_buffers=True)
-        self.phases = build_phases(cfg, self.G, self.D, self.opt_g, self.opt_d, e.unwrap)
+        self.phases = build_phases(cfg, self.G, self.D, self.opt_g, self.opt_d, e.unwrap, e.reduce_mean)
         for phase in self.phases:
             if cfg.loss.batch_sum:
                 phase.scale *= e.world  # DDP averages over ranks; the seed's loss sums the global batch
@@ -166,10 +166,12 @@ class Trainer:
         cfg, e = self.cfg, self.engine
         accum = cfg.train.grad_accum
         for p_idx, phase in enumerate(self.phases):
-            for frozen in phase.frozen:  # D during G's step: G's loss must not reach D's grads
-                frozen.requires_grad_(False)
             if phase.fresh_data:
                 self._micro = [self._next_batch() for _ in range(accum)]
+            if self.step + 1 < phase.start_step:  # not started yet (the VAE-GAN's D before loss.disc_start):
+                continue  # its batches are still read, so the data order does not depend on the start
+            for frozen in phase.frozen:  # D during G's step: G's loss must not reach D's grads
+                frozen.requires_grad_(False)
             for i, batch in enumerate(self._micro):
                 draw = self._drawer((self.step, p_idx, i), batch[0].shape[0])
                 with e.no_sync(phase.model, sync=i == accum - 1):

@@ -31,10 +31,12 @@ from gen_dist.training.phases.vaegan import build_vaegan_phases
 __all__ = ["LossFn", "Phase", "build_phases"]
 
 
-def build_phases(cfg: Config, G: nn.Module, D: nn.Module | None, opt_g, opt_d, unwrap) -> list[Phase]:
-    """G and D are the prepared modules; ``unwrap`` gives the plain module (no DDP hooks)."""
+def build_phases(cfg: Config, G: nn.Module, D: nn.Module | None, opt_g, opt_d, unwrap,
+                 reduce_mean=lambda t: t) -> list[Phase]:
+    """G and D are the prepared modules; ``unwrap`` gives the plain module (no DDP hooks);
+    ``reduce_mean`` averages a tensor over the ranks (the engine's; identity in one process)."""
     if cfg.model.kind == "vae":
         return build_vae_phases(cfg, G, opt_g)
     if cfg.model.kind == "gan":
         return build_gan_phases(cfg, G, D, opt_g, opt_d, unwrap)
-    return build_vaegan_phases(cfg, G, D, opt_g, opt_d, unwrap)
+    return build_vaegan_phases(cfg, G, D, opt_g, opt_d, unwrap, reduce_mean)

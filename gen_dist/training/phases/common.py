@@ -34,6 +34,7 @@ class Phase:
     scale: float = 1.0  # multiplies the loss before backward (the seed's batch sums)
     frozen: list = field(default_factory=list)  # modules whose parameters must not get gradients
     state: dict = field(default_factory=dict)  # name -> object with state_dict(): saved per rank
+    start_step: int = 1  # the first step (counted from 1) the phase runs; before it the trainer skips it
 
 
 def vae_objective(cfg: Config, recon, x, mu, logvar) -> tuple[torch.Tensor, torch.Tensor, dict]:
