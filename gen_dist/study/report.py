@@ -353,8 +353,8 @@ def findings(runs: list[ModelRun]) -> list[tuple[str, str]]:
                  else "No loss curve has a spike over 10x its typical step.")
         out.append(("Stability during training", text))
 
-    # 4. the trade-off between lambda = 0 and lambda = 1
-    plain = {r.lam: r for r in hybrids if not r.cfg.loss.vaegan_prior_samples}
+    # 4. the trade-off between lambda = 0 and lambda = 1 (the lesson's lambda runs: role "VAE-GAN")
+    plain = {r.lam: r for r in hybrids if r.role == "VAE-GAN"}
     if 0.0 in plain and 1.0 in plain:
         a, b = plain[0.0], plain[1.0]
         parts = []
@@ -379,7 +379,12 @@ def findings(runs: list[ModelRun]) -> list[tuple[str, str]]:
             text += f"Best reconstruction among the lambdas: {best:g}."
         out.append(("The lambda trade-off (0 vs 1)", text.strip()))
 
-    # 5. mode coverage and collapse alarms
+    # 5. per seed: does the best VAE-GAN beat both baselines?
+    text = beats_both(done)
+    if text:
+        out.insert(0, ("The best VAE-GAN against both baselines, per seed", text))
+
+    # 6. mode coverage and collapse alarms
     cov = [r for r in done if "coverage/classes_covered" in r.metrics]
     if cov:
         acc = cov[0].metrics.get("coverage/classifier_accuracy")
@@ -399,6 +404,29 @@ def findings(runs: list[ModelRun]) -> list[tuple[str, str]]:
         out.append(("Missing runs", f"Not finished (no checkpoints/final.pt), shown with what they logged: "
                                     f"{', '.join(missing)}. Re-run the study to finish them."))
     return out
+
+
+def beats_both(done: list[ModelRun]) -> str:
+    """For each seed with a VAE, a GAN and a VAE-GAN: the best VAE-GAN's FID as a multiple of the VAE's
+    and of the GAN's, and its test MSE as a multiple of the VAE's (from the table, nothing else)."""
+    parts = []
+    for seed in sorted({r.cfg.seed for r in done}):
+        same = [r for r in done if r.cfg.seed == seed and "fid" in r.metrics]
+        vae = next((r for r in same if r.cfg.model.kind == "vae"), None)
+        gan = next((r for r in same if r.cfg.model.kind == "gan"), None)
+        hybrids = sorted((r for r in same if r.lam is not None), key=lambda r: r.metrics["fid"])
+        if vae is None or gan is None or not hybrids:
+            continue
+        best = hybrids[0]
+        fid = best.metrics["fid"]
+        text = (f"seed {seed}: {best.name} FID {fid:.1f} = {fid / vae.metrics['fid']:.2f} x the VAE's "
+                f"({vae.name}, {vae.metrics['fid']:.1f}) and {fid / gan.metrics['fid']:.2f} x the GAN's "
+                f"({gan.name}, {gan.metrics['fid']:.1f})")
+        if "test/mse" in best.metrics and "test/mse" in vae.metrics:
+            text += (f", test MSE {best.metrics['test/mse']:.4f} = {best.metrics['test/mse'] / vae.metrics['test/mse']:.2f}"
+                     f" x the VAE's ({vae.metrics['test/mse']:.4f})")
+        parts.append(text)
+    return "; ".join(parts) + "." if parts else ""
 
 
 # --- rendering --------------------------------------------------------------------------------
