@@ -16,56 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from gen_dist.distributed.launch_env import DeepSpeedLaunch, read_launch, want_mixed_precision
 from gen_dist.errors import ConfigError, UserError
-
-
-@dataclass
-class DeepSpeedLaunch:
-    config_file: str | None  # the DeepSpeed JSON from the accelerate config (None: settings in the YAML)
-    raw: dict  # that JSON, or one built from the accelerate YAML's deepspeed_config keys
-
-    @property
-    def stage(self) -> int:
-        return int(self.raw.get("zero_optimization", {}).get("stage", 0))
-
-
-def launched_with_deepspeed() -> bool:
-    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-
-
-def read_launch() -> DeepSpeedLaunch | None:
-    """The DeepSpeed settings the accelerate launcher exported, or None for a DDP / single launch."""
-    if not launched_with_deepspeed():
-        return None
-    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
-        raise UserError("DeepSpeed with ACCELERATE_USE_CPU=1: unset ACCELERATE_USE_CPU (DeepSpeed uses its own "
-                        "CPU accelerator and gloo on machines without GPUs)")
-    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
-    if path and path.lower() != "none":
-        try:
-            raw = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise UserError(f"DeepSpeed config '{path}' (deepspeed_config_file in the accelerate config) does "
-                            "not exist: paths are relative to where you launch; run from the repository root") from None
-        except json.JSONDecodeError as e:
-            raise UserError(f"DeepSpeed config '{path}' is not valid JSON ({e}): fix its syntax") from None
-        return DeepSpeedLaunch(path, raw)
-    # settings written straight into the accelerate YAML (zero_stage, offload_*)
-    env = os.environ
-    zero = {"stage": int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"))}
-    for part in ("optimizer", "param"):
-        device = env.get(f"ACCELERATE_DEEPSPEED_OFFLOAD_{part.upper()}_DEVICE", "none")
-        if device != "none":
-            zero[f"offload_{part}"] = {"device": device}
-    return DeepSpeedLaunch(None, {"zero_optimization": zero})
 
 
 def _is_auto(value) -> bool:
@@ -129,9 +86,7 @@ def check_deepspeed(cfg) -> None:
     launch = read_launch()
     if launch is None:
         return
-    from gen_dist.distributed.engine import _want_mixed_precision
-
-    engine_config(launch, cfg.train, _want_mixed_precision(cfg.train.mixed_precision))
+    engine_config(launch, cfg.train, want_mixed_precision(cfg.train.mixed_precision))
     stage = launch.stage
     if stage not in (0, 1, 2, 3):
         raise ConfigError(f"zero_optimization.stage={stage} in {launch.config_file}: use 0, 1, 2 or 3")

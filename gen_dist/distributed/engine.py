@@ -17,22 +17,8 @@ import torch
 import torch.nn as nn
 
 from gen_dist.distributed import deepspeed as dss
+from gen_dist.distributed.launch_env import check_launch_environment, read_launch, want_mixed_precision
 from gen_dist.errors import UserError
-
-
-def _want_mixed_precision(setting: str | None) -> str:
-    """The config's choice, else what the launcher exported (accelerate launch --mixed_precision)."""
-    if setting is not None:
-        return setting
-    return os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-
-
-def check_launch_environment(mixed_precision: str | None) -> None:
-    """Combinations that would run silently wrong; called before any process group is made."""
-    mp = _want_mixed_precision(mixed_precision)
-    if mp == "fp16" and not torch.cuda.is_available():
-        raise UserError("fp16 needs a CUDA GPU (on CPU it silently does nothing): "
-                        "use train.mixed_precision=bf16 or no")
 
 
 class Engine:
@@ -41,8 +27,8 @@ class Engine:
         from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
         check_launch_environment(mixed_precision)
-        mp = _want_mixed_precision(mixed_precision)
-        self.deepspeed = dss.read_launch()  # None: DDP (or one process)
+        mp = want_mixed_precision(mixed_precision)
+        self.deepspeed = read_launch()  # None: DDP (or one process)
         self._plain: dict[int, nn.Module] = {}  # unwrap's answers, by id of the prepared model
         if self.deepspeed is not None:
             # Accelerate would build one DeepSpeed engine for one model; it only makes the process group

@@ -20,6 +20,9 @@ from pathlib import Path
 
 import torch
 
+from gen_dist.data import to_model_range
+from gen_dist.tracking import wandb_mode
+
 SECTIONS = ("Results", "Samples", "Reconstructions", "Loss curves", "Stability", "Findings")
 
 
@@ -136,7 +139,8 @@ def results_table(runs: list[ModelRun]) -> tuple[list[str], list[list[tuple[str,
 
 # --- figures ----------------------------------------------------------------------------------
 def _load_final(run: ModelRun):
-    from gen_dist.generation.sampling import load_trained
+    # generation pulls in torchvision (~1 s): loaded when figures are drawn, not when launch/ablate.py starts
+    from gen_dist.generation.loading import load_trained
 
     return load_trained(run.run_dir / "checkpoints" / "final.pt")
 
@@ -160,7 +164,8 @@ def _grid(images: torch.Tensor, nrow: int):
 def sample_figures(runs: list[ModelRun], seed: int, folder: Path) -> dict[str, Path]:
     """16 samples per model (sample i from the evaluation's latent i: the same latents for models of the
     same latent size), one grid each and all side by side."""
-    from gen_dist.generation.sampling import sample_images, save_grid
+    from gen_dist.generation.images import save_grid  # torchvision: see _load_final
+    from gen_dist.generation.sampling import sample_images
 
     grids = {}
     for r in runs:
@@ -186,8 +191,6 @@ def sample_figures(runs: list[ModelRun], seed: int, folder: Path) -> dict[str, P
 @torch.no_grad()
 def reconstruction_figure(runs: list[ModelRun], test_images: torch.Tensor, folder: Path) -> Path | None:
     """Top row: the first 16 test images; one row per VAE-type model: their reconstructions (posterior mean)."""
-    from gen_dist.data import to_model_range
-
     vaes = [r for r in runs if r.finished and r.vae_type]
     if not vaes:
         return None
@@ -510,8 +513,6 @@ def build_report(study: str, study_dir: Path, runs: list[ModelRun], test_images:
 
 def log_to_wandb(study: str, study_dir: Path, tracking, table, images: dict) -> None:
     """A summary run in the study's W&B group: the results table and the figures. Never raises."""
-    from gen_dist.tracking import wandb_mode
-
     mode = wandb_mode(tracking.mode)
     if mode == "disabled":
         return
