@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import shutil
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from gen_dist import checkpoint as ckpt
 from gen_dist.distributed.launch_env import DeepSpeedLaunch, read_launch, want_mixed_precision
-from gen_dist.errors import ConfigError, UserError
+from gen_dist.errors import CheckpointError, ConfigError, UserError
 
 
 def _is_auto(value) -> bool:
@@ -161,3 +163,35 @@ def load(engines: dict, folder: Path) -> None:
         if path is None:
             raise UserError(f"DeepSpeed checkpoint '{folder / name}' could not be loaded: "
                             "resume from an earlier step folder or train.resume=none")
+
+
+# --- checkpoints of a training run --------------------------------------------------------------
+def save_checkpoint(engine, engines: dict, state: dict, path: Path) -> None:
+    """A step folder: every rank writes its partitions into a staging folder (collective), which the
+    main process completes with the resume state and renames when whole."""
+    staging = ckpt.staging_dir(path)
+    if engine.is_main:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    engine.barrier()
+    save(engines, staging)
+    engine.barrier()
+    if engine.is_main:
+        ckpt.finish_folder(state, staging, path)
+
+
+def check_resumable(state: dict, path, world: int, zero_stage: int | None) -> None:
+    """A checkpoint resumes only under the launch that wrote it: DDP or DeepSpeed, and under DeepSpeed
+    the same ZeRO stage and process count (``zero_stage`` None: this launch is DDP)."""
+    saved_ds, running_ds = state.get("zero_stage") is not None, zero_stage is not None
+    if saved_ds != running_ds:
+        raise CheckpointError(f"checkpoint '{path}' was written by a {'DeepSpeed' if saved_ds else 'DDP'} run and "
+                              f"this launch is {'DeepSpeed' if running_ds else 'DDP'}: launch with the same "
+                              "accelerate config file, or start afresh with train.resume=none")
+    if running_ds:
+        if state["world_size"] != world or state["zero_stage"] != zero_stage:
+            raise CheckpointError(f"checkpoint '{path}' holds ZeRO-{state['zero_stage']} partitions for "
+                                  f"{state['world_size']} processes: resume with that stage and process count, "
+                                  "or start afresh with train.resume=none")
+        if "deepspeed_folder" not in state:
+            raise CheckpointError(f"'{path}' holds no DeepSpeed engine states: resume from a step_* folder")

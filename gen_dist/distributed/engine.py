@@ -91,6 +91,23 @@ class Engine:
             self._plain[id(model)] = plain
         return plain
 
+    def needs_plain_copy(self, train_cfg, model: nn.Module) -> bool:
+        """DeepSpeed (ZeRO-3 or bf16/fp16): evaluation and samples need a plain fp32 copy of the model,
+        refreshed by sync_for_inference; otherwise the prepared model's own module serves."""
+        return self.deepspeed is not None and dss.needs_plain_copy(self.deepspeed_config(train_cfg, model),
+                                                                   self.zero_stage)
+
+    def sync_for_inference(self, models: list, plain_copy: nn.Module | None = None) -> None:
+        """DeepSpeed (every rank): rank 0's BatchNorm statistics everywhere, as DDP keeps them, and the
+        plain fp32 copy of the first model refreshed from its engine (whole parameters even under ZeRO-3)."""
+        if self.deepspeed is None:
+            return
+        for model in models:
+            if model is not None:
+                self.broadcast_buffers(model)
+        if plain_copy is not None:
+            plain_copy.load_state_dict(self.state_dict(models[0]))
+
     def gathered(self, model: nn.Module):
         """Whole parameters of a prepared model inside the block (ZeRO-3); collective, every rank."""
         return dss.gathered(self.unwrap(model), self.zero_stage or 0)
