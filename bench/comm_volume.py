@@ -13,7 +13,7 @@ A GAN step is n_critic D phases then a G phase, each with its own collective; un
 phase also gathers the other model's parameters where it runs it (D's step runs G's forward, G's step
 runs D's forward and backward). ZeRO traffic is in the training dtype (2 bytes under bf16).
 
-The compute side is measured, not assumed: ``--flops`` runs one real ``Trainer._train_step`` per model
+The compute side is measured, not assumed: ``--flops`` runs one real ``Trainer.train_step`` per model
 counting its aten operators (roughly GPU kernels) and their FLOPs with torch's formulas.
 
     python bench/comm_volume.py                # every shipped architecture, with FLOPs of one step
@@ -100,9 +100,9 @@ def measure_step(config: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_comm_") as run:
         trainer = build_trainer(config, ["speed.fused_adam=true"], run)  # as on a GPU (auto): a fused Adam
         feed(trainer, fixed_batches(trainer, 1))
-        trainer._train_step()  # Adam's state exists from here on, as in every later step
+        trainer.train_step()  # Adam's state exists from here on, as in every later step
         with Count() as count:
-            trainer._train_step()
+            trainer.train_step()
         trainer.tracker.finish()
     return {"gflop_step": round(count.flops / 1e9, 2), "ops_step": count.ops}
 

@@ -86,8 +86,9 @@ def main() -> None:
 
     from gen_dist.data import shards as shards_module
     from gen_dist.data import tar_reader
-    from gen_dist.data.arrays import ArrayLoader, load_arrays
-    from gen_dist.data.shard_writer import load_source, write_shards
+    from gen_dist.data.arrays import ArrayLoader
+    from gen_dist.data.datasets import load_arrays, load_source
+    from gen_dist.data.shard_writer import write_shards
     from gen_dist.data.shards import ShardLoader, resolve_shards
 
     with tempfile.TemporaryDirectory() as tmp:

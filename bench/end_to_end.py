@@ -4,7 +4,7 @@ For each config, three figures on the same settings (1 process, the config's bat
 
   loader_img_s  the shard loader alone (ShardLoader over WebDataset shards, data.num_workers workers),
                 images/s of iterating it with nothing else to do
-  step_img_s    the training step alone (``Trainer._train_step`` on in-memory batches, as in
+  step_img_s    the training step alone (``Trainer.train_step`` on in-memory batches, as in
                 bench/train_step.py), wall clock, the mean of a measurement before and one after the run
   e2e_img_s     a real ``launch/train.py`` run (shards, workers, metrics.jsonl, W&B offline, the tqdm
                 bar): the median ``img_per_s`` of metrics.jsonl rows after the first (which holds the
@@ -61,11 +61,11 @@ def step_img_s(trainer, steps: int) -> tuple[float, float]:
     feed(trainer, fixed_batches(trainer, 4))
     batch = trainer.cfg.train.batch_size
     for _ in range(2):
-        trainer._train_step()
+        trainer.train_step()
     sync(trainer.engine.device)
     t0 = time.perf_counter()
     for _ in range(steps):
-        trainer._train_step()
+        trainer.train_step()
     sync(trainer.engine.device)
     elapsed = time.perf_counter() - t0
     return steps * batch * trainer.batches_per_step / elapsed, elapsed / steps

@@ -2,7 +2,7 @@
 
 Each config runs in its own fresh process (so one config's peak cannot hide another's): a real
 Trainer on 1 process, built from configs/<name>.yaml as shipped (batch size, model widths, image
-size, the shard loader), then ``--steps`` real training steps (``Trainer._train_step``). Reported:
+size, the shard loader), then ``--steps`` real training steps (``Trainer.train_step``). Reported:
 
   params_m         parameters of G (or the VAE) and D, in millions
   state_mb         parameters + gradients + Adam's two moments, fp32: 16 bytes per parameter
@@ -85,7 +85,7 @@ def worker(args) -> None:
         if e.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         for _ in range(args.steps):
-            trainer._train_step()
+            trainer.train_step()
             trainer.step += 1
         cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if e.device.type == "cuda" else None
         peak = peak_mb()

@@ -1,7 +1,7 @@
 """Images/s of gen_dist's training step against a plain PyTorch loop: the same model, the same batches,
 in the same process, the two taking turns.
 
-gen_dist's step is the real ``Trainer._train_step`` of a Trainer built in this process (1 process,
+gen_dist's step is the real ``Trainer.train_step`` of a Trainer built in this process (1 process,
 configs/<model>.yaml); its data source is replaced by the same in-memory batches the plain loop
 reads, so data loading is out of both figures (bench/end_to_end.py measures it). The plain loops are
 the seed's (/work/shared/seed: the VAE loop and the DCGAN loop; the VAE-GAN written the same way),
@@ -82,13 +82,13 @@ def build_trainer(config: str, overrides: list[str], run_dir: str):
 
 def fixed_batches(trainer, n: int) -> list:
     """n batches from the trainer's own loader, converted as its step converts them, kept in memory."""
-    return [trainer._next_batch() for _ in range(n)]
+    return [trainer.next_batch() for _ in range(n)]
 
 
 def feed(trainer, batches: list) -> None:
     """The trainer's step reads these batches in turn instead of its loader (data loading excluded)."""
     cycle = itertools.cycle(batches)
-    trainer._next_batch = lambda: next(cycle)
+    trainer.next_batch = lambda: next(cycle)
 
 
 # --- the plain loops -----------------------------------------------------------------------------
@@ -266,7 +266,7 @@ def bench_model(name: str, args, run_dir: str) -> dict:
 
     def gen_dist_steps(n):
         for _ in range(n):
-            trainer._train_step()
+            trainer.train_step()
             trainer.step += 1
 
     def plain_steps(fn):

@@ -68,7 +68,7 @@ def worker(args) -> None:
     times = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
-        trainer._train_step()
+        trainer.train_step()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)

@@ -430,13 +430,15 @@ def _validate_remedies(cfg: Config) -> None:
                           f"{loss.beta} would be ignored: leave loss.beta=1.0")
 
 
+# the speed.* switches that take auto | true | false (training/fast_paths.py applies them)
+SPEED_SWITCHES = ("channels_last", "tf32", "cudnn_benchmark", "fused_adam", "compile", "device_noise")
+
+
 def _validate_speed(cfg: Config) -> None:
     """speed.*: auto | true | false (YAML booleans arrive as 'True' / 'False'), normalised to lower case."""
-    from gen_dist.training.fast_paths import SWITCHES, VALUES
-
-    for name in SWITCHES:
+    for name in SPEED_SWITCHES:
         value = str(getattr(cfg.speed, name)).lower()
-        if value not in VALUES:
+        if value not in ("auto", "true", "false"):
             raise ConfigError(f"bad value speed.{name}={getattr(cfg.speed, name)!r}: choose one of auto | true | false")
         setattr(cfg.speed, name, value)
     modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

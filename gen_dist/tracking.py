@@ -35,6 +35,29 @@ def wandb_mode(setting: str) -> str:
     return setting
 
 
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The rows a run logged to its metrics file, in order ([] when it logged none)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Rows logged after the checkpoint by the interrupted run are replaced by the resumed run's."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [r for r in rows if json.loads(r).get("step", 0) <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(r + "\n" for r in kept))
+    tmp.replace(path)
+
+
 def new_run_id() -> str:
     import secrets
 
@@ -57,7 +80,7 @@ class Tracker:
         self.run = None
         if not enabled:
             return
-        self.metrics_file = open(run_dir / "metrics.jsonl", "a", buffering=1)  # line-buffered: survives a kill
+        self.metrics_file = open(run_dir / METRICS_FILE, "a", buffering=1)  # line-buffered: survives a kill
         if cfg.wandb:
             self._start_wandb(run_dir, cfg, config_dict)
 

@@ -19,7 +19,9 @@ import os
 import sys
 import time
 
-from gen_dist.data.shard_writer import DATASETS, ENCODINGS, load_source, write_shards
+from gen_dist.data import dsprites
+from gen_dist.data.datasets import DATASETS, load_source
+from gen_dist.data.shard_writer import ENCODINGS, write_shards
 from gen_dist.errors import UserError
 
 
@@ -57,9 +59,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     try:
         if args.dataset == "dsprites":
-            from gen_dist.data.dsprites import Grid, source as dsprites_source
-
-            source = dsprites_source(args.split, Grid(args.dsprites_orientations, args.dsprites_positions))
+            source = dsprites.source(args.split, dsprites.Grid(args.dsprites_orientations, args.dsprites_positions))
         else:
             source = load_source(args.dataset, args.split, args.root, image_size=args.image_size,
                                  channels=args.channels)

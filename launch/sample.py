@@ -66,7 +66,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         check_args(args)
-        from gen_dist.generation.sampling import check_class, load_trained
+        from gen_dist.generation.loading import load_trained
+        from gen_dist.generation.sampling import check_class
 
         trained = load_trained(args.checkpoint)
         check_class(trained.num_classes, args.label)
@@ -78,8 +79,8 @@ def main(argv=None) -> int:
 
 
 def run(args, trained) -> int:
-    from gen_dist.generation import sampling
     from gen_dist.distributed.engine import Engine
+    from gen_dist.generation import images as pngs, sampling
 
     engine = Engine("no", trained.cfg.seed)  # sampling runs in float32
     trained.model.to(engine.device)
@@ -91,11 +92,11 @@ def run(args, trained) -> int:
                                         batch_size=args.batch_size, engine=engine)
     if engine.is_main:
         if args.interpolate is not None:
-            written = sampling.save_grid(images, args.out, nrow=len(images))
+            written = pngs.save_grid(images, args.out, nrow=len(images))
         elif args.grid:
-            written = sampling.save_grid(images, args.out, nrow=args.nrow)
+            written = pngs.save_grid(images, args.out, nrow=args.nrow)
         else:
-            written = sampling.save_each(images, args.out)[0].parent
+            written = pngs.save_each(images, args.out)[0].parent
         weights = {True: "EMA", False: "raw"}.get(trained.ema, "exported")
         print(f"wrote {written}: {len(images)} images {tuple(images.shape[1:])} from {args.checkpoint} "
               f"(step {trained.step}, {weights} weights, {engine.world} process(es))")

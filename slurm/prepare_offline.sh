@@ -41,7 +41,7 @@ def main(config, overrides):
     cfg = load_config(config, overrides)
     data = cfg.data
     if data.dataset != "folder":
-        from gen_dist.data.arrays import load_arrays
+        from gen_dist.data.datasets import load_arrays
 
         for train in (True, False):
             load_arrays(data.dataset, data.root, train, True)

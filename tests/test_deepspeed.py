@@ -96,7 +96,7 @@ def test_zero_stage_matches_ddp(name, zero, data_root, tmp_path, ddp_runs):
     models.generator.load_state_dict(final["G_state"])
     models.discriminator.load_state_dict(final["D_state"])
     # sampling and standalone evaluation read the step folder too
-    from gen_dist.evaluation.offline import load_generator_weights
+    from gen_dist.generation.loading import load_generator_weights
 
     weights, _, info = load_generator_weights(str(folder))
     assert info["step"] == STEPS and weights.keys() == final["G_state"].keys()

@@ -123,7 +123,7 @@ def test_factors_round_trip_through_shards(tmp_path):
 
 
 def test_other_datasets_shards_have_no_factor_members(data_root, tmp_path):
-    from gen_dist.data.shard_writer import load_source
+    from gen_dist.data.datasets import load_source
 
     manifest = write_shards(load_source("mnist", "test", data_root), tmp_path / "m", samples_per_shard=50,
                             limit=50, progress=False)

@@ -14,7 +14,8 @@ from PIL import Image
 
 from conftest import REPO, TINY, train
 from gen_dist.noise import latents_for
-from gen_dist.generation.sampling import load_trained, sample_images
+from gen_dist.generation.loading import load_trained
+from gen_dist.generation.sampling import sample_images
 
 _spec = importlib.util.spec_from_file_location("sample_cli", REPO / "launch" / "sample.py")
 sample_cli = importlib.util.module_from_spec(_spec)

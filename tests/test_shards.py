@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-from gen_dist.data.shard_writer import load_source, write_shards
+from gen_dist.data.datasets import load_source
+from gen_dist.data.shard_writer import write_shards
 from gen_dist.data.shards import DamagedShardError, ShardError, ShardLoader, check_shards, read_all
 from gen_dist.data.tar_reader import TarFormatError, tar_samples
 

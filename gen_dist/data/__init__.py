@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gen_dist.data.arrays import ArrayLoader, load_arrays
+from gen_dist.data.arrays import ArrayLoader
 from gen_dist.data.base import BatchLoader, DataPosition, DataStats
-from gen_dist.data.datasets import Dataset, Sources, build_train_loader, load_dataset, prepare_sources
+from gen_dist.data.datasets import Dataset, Sources, build_train_loader, load_arrays, load_dataset, prepare_sources
 
 __all__ = ["ArrayLoader", "BatchLoader", "DataPosition", "DataStats", "Dataset", "Sources", "build_train_loader",
            "load_arrays", "load_dataset", "prepare_sources", "to_model_range"]

@@ -16,25 +16,11 @@ import torch
 from gen_dist.data.base import DataPosition, DataStats
 from gen_dist.errors import DataError
 
-TORCHVISION = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}
+def load_torchvision(class_name: str, dataset: str, root: str, train: bool, download: bool):
+    """A torchvision dataset class (``class_name``, e.g. "MNIST") -> (images uint8 [N, C, H, W], labels, class names)."""
+    import torchvision.datasets as tvd  # heavy (~1 s): only the torchvision sources need it
 
-
-def load_arrays(dataset: str, root: str, train: bool, download: bool, image_size: int = 0):
-    """-> (images uint8 [N, C, H, W], labels int64 [N], class names)."""
-    if dataset == "folder":
-        return _load_folder(root, train, image_size)
-    if dataset == "dsprites":  # drawn by gen_dist, default grid (sources.load_dataset honours data.dsprites_*)
-        from gen_dist.data.dsprites import load_split
-
-        images, labels, classes, _factors = load_split("train" if train else "test")
-        return images, labels, classes
-    if dataset == "cifar10":  # read by gen_dist (torchvision's class md5-checks every batch file)
-        from gen_dist.data.cifar import load_cifar10
-
-        return load_cifar10(root, train, download)
-    import torchvision.datasets as tvd
-
-    cls = getattr(tvd, TORCHVISION[dataset])
+    cls = getattr(tvd, class_name)
     try:
         ds = cls(root, train=train, download=download)
     except RuntimeError as e:  # torchvision: "Dataset not found. You can use download=True ..."
@@ -49,7 +35,7 @@ def load_arrays(dataset: str, root: str, train: bool, download: bool, image_size
     return images.contiguous(), labels, list(ds.classes)
 
 
-def _load_folder(root: str, train: bool, image_size: int):
+def load_folder(root: str, train: bool, image_size: int):
     """An ImageFolder (class = subfolder); 'train'/'test' subfolders are used when present."""
     import torchvision.datasets as tvd
     import torchvision.transforms.v2 as T

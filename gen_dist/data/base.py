@@ -12,8 +12,9 @@ run continue the epoch where the checkpoint left it, with the same sample order.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
+import numpy as np
 import torch
 
 
@@ -52,3 +53,19 @@ class BatchLoader(Protocol):
         """Yield the remaining batches of the current epoch, advancing ``position`` as it goes;
         after the last batch the position moves to the next epoch."""
         ...
+
+
+@dataclass
+class Source:
+    """A dataset split as random access: ``image(i)`` -> uint8 [C, H, W], ``labels[i]``."""
+
+    dataset: str
+    split: str
+    classes: list
+    labels: np.ndarray
+    image: Callable[[int], np.ndarray]
+    factors: np.ndarray | None = None  # int [N, K] ground-truth factor classes (dSprites), written as KEY.factors
+    factor_info: dict | None = None  # the manifest's "factors" entry: names, sizes, values
+
+    def __len__(self) -> int:
+        return len(self.labels)

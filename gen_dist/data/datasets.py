@@ -1,4 +1,7 @@
-"""Which data a run reads, prepared once: WebDataset shards (the default) or the torchvision source.
+"""The one dataset registry: the dataset names, how each is read (torchvision, CIFAR-10 by gen_dist,
+an image folder, dSprites drawn by gen_dist) in memory (``load_arrays``) or as a random-access source
+for the shard writer (``load_source``), and which data a run reads, prepared once: WebDataset shards
+(the default) or the source itself.
 
 ``data.shards=auto`` converts the torchvision source (MNIST, Fashion-MNIST, CIFAR-10, an image folder)
 into shards under ``data.shard_cache`` the first time, on the main process of each node (written to a
@@ -19,10 +22,83 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gen_dist.data.arrays import ArrayLoader, load_arrays
+from gen_dist.data import dsprites
+from gen_dist.data.arrays import ArrayLoader, load_folder, load_torchvision
+from gen_dist.data.base import Source
+from gen_dist.data.cifar import load_cifar10
+from gen_dist.data.shard_writer import MANIFEST, write_shards
+from gen_dist.data.shards import ShardLoader, read_all, read_text, resolve_shards
 from gen_dist.errors import DataError
 
 
+# --- the registry: every dataset name, and how each is read -------------------------------------
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "folder", "dsprites")
+TORCHVISION = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}  # class names
+_TORCHVISION_DIRS = {"mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw", "cifar10": "cifar-10-batches-py"}
+
+
+def load_arrays(dataset: str, root: str, train: bool, download: bool, image_size: int = 0):
+    """-> (images uint8 [N, C, H, W], labels int64 [N], class names)."""
+    if dataset == "folder":
+        return load_folder(root, train, image_size)
+    if dataset == "dsprites":  # drawn by gen_dist, default grid (load_dataset honours data.dsprites_*)
+        images, labels, classes, _factors = dsprites.load_split("train" if train else "test")
+        return images, labels, classes
+    if dataset == "cifar10":  # read by gen_dist (torchvision's class md5-checks every batch file)
+        return load_cifar10(root, train, download)
+    return load_torchvision(TORCHVISION[dataset], dataset, root, train, download)
+
+
+def load_source(dataset: str, split: str, root: str, *, image_size: int = 0, channels: int = 3) -> Source:
+    """Open a split without copying it. Torchvision sets are read from ``root`` in torchvision's
+    layout (never downloaded); ``folder`` is an image folder (class = subfolder; ``root/split`` is
+    used when it exists), decoded lazily so a folder larger than memory converts too."""
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset '{dataset}': choose one of {', '.join(DATASETS)}")
+    if split not in ("train", "test"):
+        raise DataError(f"unknown split '{split}': choose train or test")
+    if dataset == "folder":
+        return folder_source(root, split, image_size, channels)
+    if dataset == "dsprites":  # drawn by gen_dist (default grid; dsprites.source takes another)
+        return dsprites.source(split)
+    try:
+        images, labels, classes = load_arrays(dataset, root, split == "train", False)
+    except DataError:
+        raise DataError(f"{dataset} not found under --root '{root}' (expected {root}/{_TORCHVISION_DIRS[dataset]}): "
+                        f"pass --root the folder that holds {_TORCHVISION_DIRS[dataset].split('/')[0]}/") from None
+    arr = images.numpy()
+    return Source(dataset, split, classes, labels.numpy(), lambda i: arr[i])
+
+
+def folder_source(root: str, split: str, image_size: int, channels: int) -> Source:
+    """An image folder as a Source, each image decoded when the writer asks for it."""
+    import torchvision.datasets as tvd  # heavy (~1 s): only image folders need torchvision here
+    import torchvision.transforms.v2 as T
+
+    if channels not in (1, 3):
+        raise DataError(f"--channels {channels} is not supported: use 1 (grayscale) or 3 (RGB)")
+    base = Path(root)
+    folder = base / split if (base / split).is_dir() else base
+    if not folder.is_dir():
+        raise DataError(f"image folder --root '{root}' does not exist: point --root at a folder of class subfolders")
+    size = image_size or None
+    tf = T.Compose([T.PILToTensor()] + ([T.Resize(size, antialias=True), T.CenterCrop(size)] if size else []))
+    mode = "L" if channels == 1 else "RGB"
+    try:
+        ds = tvd.ImageFolder(str(folder), transform=tf, loader=lambda p: open_image(p, mode))
+    except (FileNotFoundError, RuntimeError) as e:
+        raise DataError(f"no images in '{folder}' ({e}): use one subfolder per class") from None
+    return Source("folder", split, list(ds.classes), np.asarray(ds.targets, np.int64), lambda i: ds[i][0].numpy())
+
+
+def open_image(path: str, mode: str):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert(mode)
+
+
+# --- what a run reads ----------------------------------------------------------------------------
 @dataclass
 class Dataset:
     """One split in memory: images uint8 [N, C, H, W] at their stored size, labels int64 [N]."""
@@ -48,9 +124,7 @@ class Sources:
 def load_dataset(cfg, train: bool) -> Dataset:
     """The torchvision (or image folder) split in memory; cfg is the `data` section."""
     if cfg.dataset == "dsprites":  # drawn, with its factors (gen_dist/data/dsprites.py)
-        from gen_dist.data.dsprites import Grid, load_split
-
-        images, labels, classes, factors = load_split("train" if train else "test", Grid.of(cfg))
+        images, labels, classes, factors = dsprites.load_split("train" if train else "test", dsprites.Grid.of(cfg))
         if train and cfg.limit:
             images, labels, factors.classes = images[: cfg.limit], labels[: cfg.limit], factors.classes[: cfg.limit]
         return Dataset(images, labels, classes, factors)
@@ -74,15 +148,11 @@ def auto_shard_dir(cfg, split: str) -> Path:
 
 def ensure_shards(cfg, split: str) -> str:
     """The auto shard folder for a split, written from the torchvision source if it is not there yet."""
-    from gen_dist.data.shard_writer import MANIFEST, load_source, write_shards
-
     out = auto_shard_dir(cfg, split)
     if (out / MANIFEST).is_file():
         return str(out)
     if cfg.dataset == "dsprites":  # drawn by gen_dist: nothing to download
-        from gen_dist.data.dsprites import Grid, source as dsprites_source
-
-        source = dsprites_source(split, Grid.of(cfg))
+        source = dsprites.source(split, dsprites.Grid.of(cfg))
     else:
         if cfg.dataset != "folder":  # download when allowed (load_source itself never downloads)
             load_arrays(cfg.dataset, cfg.root, split == "train", cfg.download)
@@ -102,28 +172,20 @@ def ensure_shards(cfg, split: str) -> str:
 
 
 def _classes_of(spec: str) -> list:
-    from gen_dist.data.shards import resolve_shards
-
     manifest = resolve_shards(spec, count=False).manifest
     if manifest and not manifest.startswith("pipe:"):
         try:
-            from gen_dist.data.shards import _read_text
-
-            return list(json.loads(_read_text(manifest)).get("classes", []))
+            return list(json.loads(read_text(manifest)).get("classes", []))
         except Exception:
             return []
     return []
 
 
 def _read_test_shards(spec: str, strict: bool) -> Dataset:
-    from gen_dist.data.shards import read_all
-
-    from gen_dist.data.dsprites import factors_of
-
     images, labels, keys = read_all(spec, strict=strict)
     classes = _classes_of(spec) or [str(c) for c in range(int(labels.max()) + 1 if len(labels) else 0)]
     return Dataset(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels).long(), classes,
-                   factors_of(spec, keys))
+                   dsprites.factors_of(spec, keys))
 
 
 def prepare_sources(cfg, train: bool = True) -> Sources:
@@ -152,8 +214,6 @@ def build_train_loader(cfg, sources: Sources, batch_size: int, rank: int, world:
     if isinstance(sources.train, Dataset):
         return ArrayLoader(sources.train.images, sources.train.labels, batch_size, rank, world, seed,
                            pin_memory=pin)
-    from gen_dist.data.shards import ShardLoader
-
     loader = ShardLoader(sources.train, batch_size=batch_size, rank=rank, world_size=world,
                          num_workers=cfg.num_workers, seed=seed, strict=cfg.strict, pin_memory=pin)
     if loader.batches_per_epoch() == 0:

@@ -33,7 +33,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from gen_dist.data.base import Source
+from gen_dist.data.shards import read_text, resolve_shards
+from gen_dist.data.tar_reader import tar_samples
 from gen_dist.errors import DataError
 
 SHAPES = ("square", "ellipse", "heart")
@@ -161,9 +165,7 @@ def split_indices(grid: Grid, split: str) -> np.ndarray:
 
 
 def source(split: str, grid: Grid = Grid()):
-    """A shard_writer.Source of the split (images drawn when the writer asks for them)."""
-    from gen_dist.data.shard_writer import Source
-
+    """A data.base.Source of the split (images drawn when the writer asks for them)."""
     flat = split_indices(grid, split)
     factors = grid.factors(flat)
     return Source("dsprites", split, list(SHAPES), factors[:, 0].copy(), lambda i: render_index(grid, int(flat[i])),
@@ -172,8 +174,6 @@ def source(split: str, grid: Grid = Grid()):
 
 def load_split(split: str, grid: Grid = Grid()) -> tuple:
     """The split in memory: (images uint8 [N, 1, 64, 64], shape labels [N], class names, FactorTable)."""
-    import torch
-
     src = source(split, grid)
     images = np.stack([src.image(i) for i in range(len(src))])
     return (torch.from_numpy(images), torch.from_numpy(src.labels), list(SHAPES),
@@ -186,13 +186,10 @@ def load_split(split: str, grid: Grid = Grid()) -> tuple:
 def factors_of(spec, keys: list) -> FactorTable | None:
     """The factors of the samples ``keys`` (in that order) of a shard set whose manifest records factors;
     None for shards without them (any other dataset)."""
-    from gen_dist.data.shards import _read_text, resolve_shards
-    from gen_dist.data.tar_reader import tar_samples
-
     shard_set = resolve_shards(spec, count=False)
     if not shard_set.manifest or shard_set.manifest.startswith("pipe:"):
         return None
-    info = json.loads(_read_text(shard_set.manifest)).get("factors")
+    info = json.loads(read_text(shard_set.manifest)).get("factors")
     if not info:
         return None
     found: dict = {}

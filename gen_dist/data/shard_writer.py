@@ -20,87 +20,17 @@ import io
 import json
 import os
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from gen_dist.data.base import Source
 from gen_dist.errors import DataError
 
-DATASETS = ("mnist", "fashion_mnist", "cifar10", "folder", "dsprites")
 ENCODINGS = ("npy", "png")
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
-_TORCHVISION_DIRS = {"mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw", "cifar10": "cifar-10-batches-py"}
-
-
-@dataclass
-class Source:
-    """A dataset split as random access: ``image(i)`` -> uint8 [C, H, W], ``labels[i]``."""
-
-    dataset: str
-    split: str
-    classes: list
-    labels: np.ndarray
-    image: Callable[[int], np.ndarray]
-    factors: np.ndarray | None = None  # int [N, K] ground-truth factor classes (dSprites), written as KEY.factors
-    factor_info: dict | None = None  # the manifest's "factors" entry: names, sizes, values
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-def load_source(dataset: str, split: str, root: str, *, image_size: int = 0, channels: int = 3) -> Source:
-    """Open a split without copying it. Torchvision sets are read from ``root`` in torchvision's
-    layout (never downloaded); ``folder`` is an image folder (class = subfolder; ``root/split`` is
-    used when it exists), decoded lazily so a folder larger than memory converts too."""
-    if dataset not in DATASETS:
-        raise DataError(f"unknown dataset '{dataset}': choose one of {', '.join(DATASETS)}")
-    if split not in ("train", "test"):
-        raise DataError(f"unknown split '{split}': choose train or test")
-    if dataset == "folder":
-        return _folder_source(root, split, image_size, channels)
-    if dataset == "dsprites":  # drawn by gen_dist (default grid; dsprites.source takes another)
-        from gen_dist.data.dsprites import source
-
-        return source(split)
-    from gen_dist.data.arrays import load_arrays
-
-    try:
-        images, labels, classes = load_arrays(dataset, root, split == "train", False)
-    except DataError:
-        raise DataError(f"{dataset} not found under --root '{root}' (expected {root}/{_TORCHVISION_DIRS[dataset]}): "
-                        f"pass --root the folder that holds {_TORCHVISION_DIRS[dataset].split('/')[0]}/") from None
-    arr = images.numpy()
-    return Source(dataset, split, classes, labels.numpy(), lambda i: arr[i])
-
-
-def _folder_source(root: str, split: str, image_size: int, channels: int) -> Source:
-    import torchvision.datasets as tvd
-    import torchvision.transforms.v2 as T
-
-    if channels not in (1, 3):
-        raise DataError(f"--channels {channels} is not supported: use 1 (grayscale) or 3 (RGB)")
-    base = Path(root)
-    folder = base / split if (base / split).is_dir() else base
-    if not folder.is_dir():
-        raise DataError(f"image folder --root '{root}' does not exist: point --root at a folder of class subfolders")
-    size = image_size or None
-    tf = T.Compose([T.PILToTensor()] + ([T.Resize(size, antialias=True), T.CenterCrop(size)] if size else []))
-    mode = "L" if channels == 1 else "RGB"
-    try:
-        ds = tvd.ImageFolder(str(folder), transform=tf, loader=lambda p: _open_image(p, mode))
-    except (FileNotFoundError, RuntimeError) as e:
-        raise DataError(f"no images in '{folder}' ({e}): use one subfolder per class") from None
-    return Source("folder", split, list(ds.classes), np.asarray(ds.targets, np.int64), lambda i: ds[i][0].numpy())
-
-
-def _open_image(path: str, mode: str):
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.convert(mode)
 
 
 def _encoder(encoding: str, shape: tuple) -> Callable[[np.ndarray], bytes]:

@@ -99,7 +99,7 @@ def _expand(spec: str) -> list:
     return urls
 
 
-def _read_text(url: str) -> str:
+def read_text(url: str) -> str:
     if _is_url(url):
         from webdataset import gopen
 
@@ -111,7 +111,7 @@ def _read_text(url: str) -> str:
 
 def _load_manifest(path: str) -> dict:
     try:
-        m = json.loads(_read_text(path))
+        m = json.loads(read_text(path))
         for s in m["shards"]:
             s["name"], s["samples"] = str(s["name"]), int(s["samples"])
         return m

@@ -16,56 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
-import os
-from dataclasses import dataclass
+import shutil
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from gen_dist.errors import ConfigError, UserError
-
-
-@dataclass
-class DeepSpeedLaunch:
-    config_file: str | None  # the DeepSpeed JSON from the accelerate config (None: settings in the YAML)
-    raw: dict  # that JSON, or one built from the accelerate YAML's deepspeed_config keys
-
-    @property
-    def stage(self) -> int:
-        return int(self.raw.get("zero_optimization", {}).get("stage", 0))
-
-
-def launched_with_deepspeed() -> bool:
-    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-
-
-def read_launch() -> DeepSpeedLaunch | None:
-    """The DeepSpeed settings the accelerate launcher exported, or None for a DDP / single launch."""
-    if not launched_with_deepspeed():
-        return None
-    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
-        raise UserError("DeepSpeed with ACCELERATE_USE_CPU=1: unset ACCELERATE_USE_CPU (DeepSpeed uses its own "
-                        "CPU accelerator and gloo on machines without GPUs)")
-    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
-    if path and path.lower() != "none":
-        try:
-            raw = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise UserError(f"DeepSpeed config '{path}' (deepspeed_config_file in the accelerate config) does "
-                            "not exist: paths are relative to where you launch; run from the repository root") from None
-        except json.JSONDecodeError as e:
-            raise UserError(f"DeepSpeed config '{path}' is not valid JSON ({e}): fix its syntax") from None
-        return DeepSpeedLaunch(path, raw)
-    # settings written straight into the accelerate YAML (zero_stage, offload_*)
-    env = os.environ
-    zero = {"stage": int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"))}
-    for part in ("optimizer", "param"):
-        device = env.get(f"ACCELERATE_DEEPSPEED_OFFLOAD_{part.upper()}_DEVICE", "none")
-        if device != "none":
-            zero[f"offload_{part}"] = {"device": device}
-    return DeepSpeedLaunch(None, {"zero_optimization": zero})
+from gen_dist import checkpoint as ckpt
+from gen_dist.distributed.launch_env import DeepSpeedLaunch, read_launch, want_mixed_precision
+from gen_dist.errors import CheckpointError, ConfigError, UserError
 
 
 def _is_auto(value) -> bool:
@@ -129,9 +88,7 @@ def check_deepspeed(cfg) -> None:
     launch = read_launch()
     if launch is None:
         return
-    from gen_dist.distributed.engine import _want_mixed_precision
-
-    engine_config(launch, cfg.train, _want_mixed_precision(cfg.train.mixed_precision))
+    engine_config(launch, cfg.train, want_mixed_precision(cfg.train.mixed_precision))
     stage = launch.stage
     if stage not in (0, 1, 2, 3):
         raise ConfigError(f"zero_optimization.stage={stage} in {launch.config_file}: use 0, 1, 2 or 3")
@@ -210,3 +167,35 @@ def load(engines: dict, folder: Path) -> None:
         if path is None:
             raise UserError(f"DeepSpeed checkpoint '{folder / name}' could not be loaded: "
                             "resume from an earlier step folder or train.resume=none")
+
+
+# --- checkpoints of a training run --------------------------------------------------------------
+def save_checkpoint(engine, engines: dict, state: dict, path: Path) -> None:
+    """A step folder: every rank writes its partitions into a staging folder (collective), which the
+    main process completes with the resume state and renames when whole."""
+    staging = ckpt.staging_dir(path)
+    if engine.is_main:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    engine.barrier()
+    save(engines, staging)
+    engine.barrier()
+    if engine.is_main:
+        ckpt.finish_folder(state, staging, path)
+
+
+def check_resumable(state: dict, path, world: int, zero_stage: int | None) -> None:
+    """A checkpoint resumes only under the launch that wrote it: DDP or DeepSpeed, and under DeepSpeed
+    the same ZeRO stage and process count (``zero_stage`` None: this launch is DDP)."""
+    saved_ds, running_ds = state.get("zero_stage") is not None, zero_stage is not None
+    if saved_ds != running_ds:
+        raise CheckpointError(f"checkpoint '{path}' was written by a {'DeepSpeed' if saved_ds else 'DDP'} run and "
+                              f"this launch is {'DeepSpeed' if running_ds else 'DDP'}: launch with the same "
+                              "accelerate config file, or start afresh with train.resume=none")
+    if running_ds:
+        if state["world_size"] != world or state["zero_stage"] != zero_stage:
+            raise CheckpointError(f"checkpoint '{path}' holds ZeRO-{state['zero_stage']} partitions for "
+                                  f"{state['world_size']} processes: resume with that stage and process count, "
+                                  "or start afresh with train.resume=none")
+        if "deepspeed_folder" not in state:
+            raise CheckpointError(f"'{path}' holds no DeepSpeed engine states: resume from a step_* folder")

@@ -17,22 +17,8 @@ import torch
 import torch.nn as nn
 
 from gen_dist.distributed import deepspeed as dss
+from gen_dist.distributed.launch_env import check_launch_environment, read_launch, want_mixed_precision
 from gen_dist.errors import UserError
-
-
-def _want_mixed_precision(setting: str | None) -> str:
-    """The config's choice, else what the launcher exported (accelerate launch --mixed_precision)."""
-    if setting is not None:
-        return setting
-    return os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-
-
-def check_launch_environment(mixed_precision: str | None) -> None:
-    """Combinations that would run silently wrong; called before any process group is made."""
-    mp = _want_mixed_precision(mixed_precision)
-    if mp == "fp16" and not torch.cuda.is_available():
-        raise UserError("fp16 needs a CUDA GPU (on CPU it silently does nothing): "
-                        "use train.mixed_precision=bf16 or no")
 
 
 class Engine:
@@ -41,8 +27,8 @@ class Engine:
         from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
         check_launch_environment(mixed_precision)
-        mp = _want_mixed_precision(mixed_precision)
-        self.deepspeed = dss.read_launch()  # None: DDP (or one process)
+        mp = want_mixed_precision(mixed_precision)
+        self.deepspeed = read_launch()  # None: DDP (or one process)
         self._plain: dict[int, nn.Module] = {}  # unwrap's answers, by id of the prepared model
         if self.deepspeed is not None:
             # Accelerate would build one DeepSpeed engine for one model; it only makes the process group
@@ -104,6 +90,23 @@ class Engine:
             plain = model.module if self.deepspeed is not None else self.accelerator.unwrap_model(model)
             self._plain[id(model)] = plain
         return plain
+
+    def needs_plain_copy(self, train_cfg, model: nn.Module) -> bool:
+        """DeepSpeed (ZeRO-3 or bf16/fp16): evaluation and samples need a plain fp32 copy of the model,
+        refreshed by sync_for_inference; otherwise the prepared model's own module serves."""
+        return self.deepspeed is not None and dss.needs_plain_copy(self.deepspeed_config(train_cfg, model),
+                                                                   self.zero_stage)
+
+    def sync_for_inference(self, models: list, plain_copy: nn.Module | None = None) -> None:
+        """DeepSpeed (every rank): rank 0's BatchNorm statistics everywhere, as DDP keeps them, and the
+        plain fp32 copy of the first model refreshed from its engine (whole parameters even under ZeRO-3)."""
+        if self.deepspeed is None:
+            return
+        for model in models:
+            if model is not None:
+                self.broadcast_buffers(model)
+        if plain_copy is not None:
+            plain_copy.load_state_dict(self.state_dict(models[0]))
 
     def gathered(self, model: nn.Module):
         """Whole parameters of a prepared model inside the block (ZeRO-3); collective, every rank."""

@@ -21,8 +21,12 @@ from pathlib import Path
 import torch
 
 from gen_dist.data import to_model_range
-from gen_dist.noise import latents_for
+from gen_dist.errors import DataError
 from gen_dist.generation.images import generate
+from gen_dist.noise import latents_for
+
+# The metrics (gen_dist.evaluation.metrics) are imported inside the methods that use them: the package
+# loads pytorch-fid, torchvision and scipy (seconds), and a run computes only the metrics it asks for.
 
 DETECTOR = "pytorch-fid-inception-v3-pool3"
 
@@ -40,8 +44,6 @@ class Evaluator:
         self._real = None  # (mu, sigma, features) once computed or loaded
         self._classifier = None  # the mode-coverage classifier once trained or loaded
         if cfg.eval.disentanglement and test_set is not None and getattr(test_set, "factors", None) is None:
-            from gen_dist.errors import DataError
-
             raise DataError("eval.disentanglement=true but the test split carries no ground-truth factors: use "
                             "data.test_shards=auto (or shards written by launch/make_shards.py --dataset dsprites)")
 
@@ -114,7 +116,7 @@ class Evaluator:
             self._inception = load_inception(self.cfg.eval.inception_weights, self.engine.device)
         return self._inception
 
-    def _features(self, batches):
+    def features(self, batches):
         """Stats and a capped feature bank over (indices, images in [0, 1]) batches of this rank."""
         from gen_dist.evaluation.metrics import FEATURE_DIM, FeatureBank, FeatureStats, extract_features
 
@@ -155,7 +157,7 @@ class Evaluator:
                 images = self.test_set.images[idx].to(e.device)
                 yield idx, to_model_range(images, c.data.image_size, signed=False)
 
-        stats, bank = self._features(batches())
+        stats, bank = self.features(batches())
         mu, sigma = stats.mean_cov()
         feats = bank.gather()
         if e.is_main:
@@ -176,7 +178,7 @@ class Evaluator:
             yield idx, generate(model, c, z, labels)
 
     def fake_features(self, model):
-        return self._features(self.generated(model, self.cfg.eval.num_samples))
+        return self.features(self.generated(model, self.cfg.eval.num_samples))
 
     def sample_quality(self, model) -> dict:
         from gen_dist.evaluation.metrics import compute_fid, kid, precision_recall

@@ -11,47 +11,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gen_dist import checkpoint as ckpt
 from gen_dist.config import load_config
-from gen_dist.errors import CheckpointError, DataError
+from gen_dist.data import prepare_sources
+from gen_dist.data.shards import read_all
+from gen_dist.distributed.engine import Engine
+from gen_dist.errors import DataError
 from gen_dist.evaluation.evaluator import Evaluator, strided
+from gen_dist.generation.loading import MACHINE_LOCAL, load_generator_weights
+from gen_dist.models import build_models
 
-# config keys that name places on the machine that trained, not the one that evaluates
-MACHINE_LOCAL = [("data", "root"), ("data", "shard_cache"), ("eval", "stats_cache")]
 IMAGE_EXTENSIONS = {"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"}  # pytorch-fid's
-
-
-def load_generator_weights(path: str) -> tuple[dict, dict, dict]:
-    """(generator state dict, saved config, info) from a resume state (EMA weights when present) or a
-    seed-format export (best.pt / final.pt), or a DeepSpeed run's step folder (its state.pt)."""
-    if Path(path).is_dir() and (Path(path) / ckpt.STATE_FILE).is_file():
-        path = str(Path(path) / ckpt.STATE_FILE)
-    if not Path(path).is_file():
-        raise CheckpointError(f"checkpoint '{path}' does not exist: pass a file from a run's checkpoints/")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"checkpoint '{path}' is damaged or not a gen_dist checkpoint "
-                              f"({type(e).__name__}): pass another file") from None
-    if isinstance(state, dict) and state.get("format") == ckpt.FORMAT:
-        ema = state.get("ema")
-        if ema is not None:  # AveragedModel keeps the averaged model under "module."
-            weights = {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}
-        else:
-            weights = state["models"]["G"]
-        return weights, state["config"], {"step": state["step"], "ema": ema is not None}
-    if isinstance(state, dict) and "G_state" in state and "config" in state:
-        return state["G_state"], state["config"], {"step": state.get("step")}
-    raise CheckpointError(f"'{path}' is neither a gen_dist resume state nor a seed-format export with its config: "
-                          "pass checkpoints/step_*.pt, best_state.pt, best.pt or final.pt")
 
 
 def evaluate_checkpoint(path: str, overrides: list[str]) -> dict | None:
     """All metrics of the saved generator / VAE; the result on the main process, None elsewhere."""
-    from gen_dist.data import prepare_sources
-    from gen_dist.distributed.engine import Engine
-    from gen_dist.models import build_models
-
     weights, saved, info = load_generator_weights(path)
     for section, key in MACHINE_LOCAL:  # where things are on *this* machine: defaults and env, not the saved run's
         saved.get(section, {}).pop(key, None)
@@ -95,8 +68,6 @@ class _ImageSet:
                                 "pass a folder of images or a shard set")
             self.images = None
         else:
-            from gen_dist.data.shards import read_all
-
             images, _labels, _keys = read_all(spec)
             self.files, self.images = None, torch.from_numpy(np.ascontiguousarray(images))
 
@@ -111,7 +82,7 @@ class _ImageSet:
 
 def compare_image_sets(a: str, b: str, overrides: list[str], batch_size: int = 50) -> dict | None:
     """FID (and KID, precision/recall) between two image sets, like `python -m pytorch_fid A B`."""
-    from gen_dist.distributed.engine import Engine
+    # the metrics package loads pytorch-fid, torchvision and scipy (seconds): only when computing
     from gen_dist.evaluation.metrics import compute_fid, kid, precision_recall
 
     cfg = load_config(None, overrides, training=False)
@@ -122,7 +93,7 @@ def compare_image_sets(a: str, b: str, overrides: list[str], batch_size: int = 5
         images = _ImageSet(spec)
         batches = ((idx, images.batch(idx).to(engine.device))
                    for idx in strided(len(images), engine.rank, engine.world, batch_size))
-        stats, bank = evaluator._features(batches)
+        stats, bank = evaluator.features(batches)
         results.append((stats, bank, len(images)))
     (sa, ba, na), (sb, bb, nb) = results
     out: dict = {"a": a, "b": b, "images_a": na, "images_b": nb, "world_size": engine.world}

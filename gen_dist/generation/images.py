@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -50,3 +51,27 @@ def reconstruction_grid(vae, test_images: torch.Tensor, cfg, path: Path, n: int 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(torch.cat([x, recon]).clamp(0, 1), path, nrow=n)
     return path
+
+
+def grid_nrow(n: int) -> int:
+    """Images per row of a square-ish grid: 16 -> 4x4, 10 -> 4 per row (3 rows)."""
+    return math.ceil(math.sqrt(n))
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
+    """One PNG, torchvision's grid (2-pixel padding): width nrow * (W + 2) + 2."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images, path, nrow=nrow or grid_nrow(len(images)))
+    return path
+
+
+def save_each(images: torch.Tensor, folder: str | Path, first_index: int = 0) -> list[Path]:
+    """One PNG per image, ``sample_00000.png`` ... (a folder ``launch/evaluate.py --compare`` reads)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, image in enumerate(images, start=first_index):
+        paths.append(folder / f"sample_{i:05d}.png")
+        save_image(image, paths[-1])
+    return paths

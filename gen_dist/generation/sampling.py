@@ -9,59 +9,17 @@ identical pixels. launch/sample.py is the command line; other code (reports) cal
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from gen_dist.config import Config, load_config
-from gen_dist.errors import CheckpointError, UserError
-from gen_dist.noise import latents_for
+from gen_dist.config import Config
+from gen_dist.errors import UserError
 from gen_dist.generation.images import generate
-
-
-@dataclass
-class Trained:
-    """A checkpoint's generator (a GAN's G, or the whole VAE whose decoder draws) with its config."""
-
-    model: nn.Module
-    cfg: Config
-    num_classes: int  # 0 for an unconditional model
-    path: str
-    step: int | None
-    ema: bool | None  # EMA weights were used (None: a seed-format export, which holds EMA when it was on)
-
-
-def _build(cfg: Config, weights: dict, path: str) -> nn.Module:
-    """The model the config describes, with the channel count the weights were trained with: the
-    dataset is not needed (nor read) to sample."""
-    from gen_dist.models import build_models
-
-    classes = int(weights["embedding.weight"].shape[0]) if "embedding.weight" in weights else 0
-    for channels in (1, 3):
-        model = build_models(cfg.model, channels, cfg.data.image_size, classes).generator
-        expected = model.state_dict()
-        if expected.keys() == weights.keys() and all(expected[k].shape == weights[k].shape for k in expected):
-            model.load_state_dict(weights)
-            return model
-    raise CheckpointError(f"the weights in '{path}' do not fit the model its saved config describes "
-                          f"({cfg.model.generator}, {cfg.data.image_size} px): pass a checkpoint written by gen_dist")
-
-
-def load_trained(path: str | Path, overrides: Sequence[str] = (), device: torch.device | str = "cpu") -> Trained:
-    """A resume state (step_*.pt, best_state.pt: EMA weights when the run kept them) or a seed-format
-    export (final.pt, best.pt), in eval mode on ``device``."""
-    from gen_dist.evaluation.offline import MACHINE_LOCAL, load_generator_weights
-
-    weights, saved, info = load_generator_weights(str(path))
-    for section, key in MACHINE_LOCAL:  # paths of the training machine; unused here, resolved afresh
-        saved.get(section, {}).pop(key, None)
-    cfg = load_config(None, list(overrides), base=saved, training=False)
-    model = _build(cfg, weights, str(path)).to(device).eval()
-    return Trained(model, cfg, getattr(model, "num_classes", 0), str(path), info.get("step"), info.get("ema"))
+from gen_dist.generation.loading import Trained, load_trained
+from gen_dist.noise import latents_for
 
 
 def _resolve(source, cfg: Config | None) -> tuple[nn.Module, Config, int]:
@@ -166,29 +124,3 @@ def interpolate(source, cfg: Config | None = None, seed_a: int = 0, seed_b: int 
 
 
 # --- writing PNGs -----------------------------------------------------------------------------
-def grid_nrow(n: int) -> int:
-    """Images per row of a square-ish grid: 16 -> 4x4, 10 -> 4 per row (3 rows)."""
-    return math.ceil(math.sqrt(n))
-
-
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
-    """One PNG, torchvision's grid (2-pixel padding): width nrow * (W + 2) + 2."""
-    from torchvision.utils import save_image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images, path, nrow=nrow or grid_nrow(len(images)))
-    return path
-
-
-def save_each(images: torch.Tensor, folder: str | Path, first_index: int = 0) -> list[Path]:
-    """One PNG per image, ``sample_00000.png`` ... (a folder ``launch/evaluate.py --compare`` reads)."""
-    from torchvision.utils import save_image
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, image in enumerate(images, start=first_index):
-        paths.append(folder / f"sample_{i:05d}.png")
-        save_image(image, paths[-1])
-    return paths

@@ -11,53 +11,18 @@ report can be rebuilt at any time (``launch/ablate.py --report-only``).
 from __future__ import annotations
 
 import html
-import json
 import math
 import warnings
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
+from gen_dist.data import to_model_range
+from gen_dist.study.spec import ModelRun, is_finished
+from gen_dist.tracking import read_metrics, wandb_mode
+
 SECTIONS = ("Results", "Samples", "Reconstructions", "Loss curves", "Stability", "Findings")
-
-
-@dataclass
-class ModelRun:
-    """One model of the study: its name, resolved config and where it ran."""
-
-    name: str
-    cfg: object  # gen_dist.config.Config
-    role: str  # "baseline VAE" | "baseline GAN" | "VAE-GAN" | "variant"
-    metrics: dict = field(default_factory=dict)  # the final evaluation (filled by load_results)
-    curves: dict = field(default_factory=dict)  # loss name -> ([steps], [values])
-    alarms: int = 0  # evaluations that raised the mode-collapse alarm
-    collapse: bool = False  # posterior collapse was detected
-    seconds: float | None = None  # wall time from the first to the last metrics row (a resumed run: with the gap)
-    finished: bool = False
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.cfg.run.dir)
-
-    @property
-    def vae_type(self) -> bool:
-        return self.cfg.model.kind in ("vae", "vaegan")
-
-    @property
-    def lam(self) -> float | None:
-        return float(self.cfg.loss.adv_lambda) if self.cfg.model.kind == "vaegan" else None
-
-    @property
-    def generator_curve(self) -> str:
-        """The loss the generator side minimises: the one whose smoothness the seed asks about."""
-        return {"vae": "loss/vae", "gan": "loss/G", "vaegan": "loss/EG"}[self.cfg.model.kind]
-
-
-def is_finished(run_dir: Path) -> bool:
-    """A run that reached its last step writes checkpoints/final.pt (an interrupted one does not)."""
-    return (Path(run_dir) / "checkpoints" / "final.pt").is_file()
 
 
 def _is_eval_row(row: dict) -> bool:
@@ -67,10 +32,9 @@ def _is_eval_row(row: dict) -> bool:
 def load_results(run: ModelRun) -> ModelRun:
     """Fill a ModelRun from its metrics.jsonl: the last evaluation, the loss curves, alarms, time."""
     run.finished = is_finished(run.run_dir)
-    path = run.run_dir / "metrics.jsonl"
-    if not path.is_file():
+    rows = read_metrics(run.run_dir)
+    if not rows:
         return run
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     evals = [r for r in rows if _is_eval_row(r)]
     run.metrics = dict(evals[-1]) if evals else {}
     run.alarms = sum(1 for r in evals if r.get("coverage/alarm"))
@@ -136,7 +100,8 @@ def results_table(runs: list[ModelRun]) -> tuple[list[str], list[list[tuple[str,
 
 # --- figures ----------------------------------------------------------------------------------
 def _load_final(run: ModelRun):
-    from gen_dist.generation.sampling import load_trained
+    # generation pulls in torchvision (~1 s): loaded when figures are drawn, not when launch/ablate.py starts
+    from gen_dist.generation.loading import load_trained
 
     return load_trained(run.run_dir / "checkpoints" / "final.pt")
 
@@ -160,7 +125,8 @@ def _grid(images: torch.Tensor, nrow: int):
 def sample_figures(runs: list[ModelRun], seed: int, folder: Path) -> dict[str, Path]:
     """16 samples per model (sample i from the evaluation's latent i: the same latents for models of the
     same latent size), one grid each and all side by side."""
-    from gen_dist.generation.sampling import sample_images, save_grid
+    from gen_dist.generation.images import save_grid  # torchvision: see _load_final
+    from gen_dist.generation.sampling import sample_images
 
     grids = {}
     for r in runs:
@@ -186,8 +152,6 @@ def sample_figures(runs: list[ModelRun], seed: int, folder: Path) -> dict[str, P
 @torch.no_grad()
 def reconstruction_figure(runs: list[ModelRun], test_images: torch.Tensor, folder: Path) -> Path | None:
     """Top row: the first 16 test images; one row per VAE-type model: their reconstructions (posterior mean)."""
-    from gen_dist.data import to_model_range
-
     vaes = [r for r in runs if r.finished and r.vae_type]
     if not vaes:
         return None
@@ -538,8 +502,6 @@ def build_report(study: str, study_dir: Path, runs: list[ModelRun], test_images:
 
 def log_to_wandb(study: str, study_dir: Path, tracking, table, images: dict) -> None:
     """A summary run in the study's W&B group: the results table and the figures. Never raises."""
-    from gen_dist.tracking import wandb_mode
-
     mode = wandb_mode(tracking.mode)
     if mode == "disabled":
         return

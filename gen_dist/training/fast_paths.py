@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-SWITCHES = ("channels_last", "tf32", "cudnn_benchmark", "fused_adam", "compile", "device_noise")
-VALUES = ("auto", "true", "false")
+from gen_dist.config import SPEED_SWITCHES as SWITCHES
+
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,10 @@ import os
 from pathlib import Path
 
 from gen_dist.config import Config
+from gen_dist.data.datasets import auto_shard_dir, load_arrays
+from gen_dist.data.shards import check_shards
 from gen_dist.distributed.deepspeed import check_deepspeed
-from gen_dist.distributed.engine import check_launch_environment
+from gen_dist.distributed.launch_env import check_launch_environment
 from gen_dist.errors import DataError, UserError
 
 
@@ -25,8 +27,6 @@ def check_run_dir(path: str) -> None:
 
 def check_data(cfg: Config) -> None:
     """The dataset must be readable now, or downloadable later (data.download=true)."""
-    from gen_dist.data.arrays import load_arrays
-
     if cfg.data.dataset == "dsprites":  # drawn by gen_dist: nothing to read or download
         return
     if cfg.data.dataset == "folder":
@@ -44,9 +44,6 @@ def check_data(cfg: Config) -> None:
 
 def check_sources(cfg: Config) -> None:
     """Given shards must exist now; `auto` shards and direct reads need the torchvision source."""
-    from gen_dist.data.datasets import auto_shard_dir
-    from gen_dist.data.shards import check_shards
-
     needs_source = False
     for split, spec in (("train", cfg.data.shards), ("test", cfg.data.test_shards)):
         if spec is None:
@@ -63,6 +60,7 @@ def check_metrics(cfg: Config) -> None:
     """Inception Score needs a real classifier: refuse before launch when the weights' fc is zeros."""
     if not (cfg.eval.sample_quality and cfg.eval.inception_score):
         return
+    # the metrics package loads pytorch-fid, torchvision and scipy (seconds): only when IS is asked for
     from gen_dist.evaluation.metrics import MetricsError, load_inception
 
     if load_inception(cfg.eval.inception_weights).fc_is_zero:

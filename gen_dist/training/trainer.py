@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -17,20 +16,17 @@ from pathlib import Path
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from gen_dist import checkpoint as ckpt
-from gen_dist.distributed import deepspeed as dss
-from gen_dist.training import fast_paths
 from gen_dist.config import Config, to_dict, to_yaml
 from gen_dist.data import build_train_loader, prepare_sources, to_model_range
 from gen_dist.distributed.engine import Engine
-from gen_dist.errors import CheckpointError
+from gen_dist.distributed.preemption import CHECK_EVERY, PREEMPTED_MARKER, Preemption
 from gen_dist.evaluation.evaluator import Evaluator
+from gen_dist.generation.images import reconstruction_grid, sample_grid
 from gen_dist.models import build_models
 from gen_dist.noise import Noise
-from gen_dist.distributed.preemption import CHECK_EVERY, PREEMPTED_MARKER, Preemption
-from gen_dist.generation.images import reconstruction_grid, sample_grid
-from gen_dist.training.phases import build_phases
 from gen_dist.tracking import Tracker, new_run_id
+from gen_dist.training import fast_paths, resume
+from gen_dist.training.phases import build_phases
 
 
 def _adam(params, c, fast=None, device="cpu"):
@@ -39,11 +35,13 @@ def _adam(params, c, fast=None, device="cpu"):
 
 
 class Trainer:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, engine: Engine | None = None):
+        """``engine``: the process group and distribution to train under; by default one made for this
+        config (train.mixed_precision, seed). A study passes one engine to each of its trainers."""
         self.cfg = cfg
         self.run_dir = Path(cfg.run.dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.engine = e = Engine(cfg.train.mixed_precision, cfg.seed)
+        self.engine = e = engine if engine is not None else Engine(cfg.train.mixed_precision, cfg.seed)
         self.kind = cfg.model.kind
 
         # data: each node's main process first, so only it downloads or writes shards
@@ -54,6 +52,7 @@ class Trainer:
         self.test_set = sources.test
         self.num_classes = len(sources.classes)
         self.evaluator = Evaluator(cfg, e, self.test_set, self.num_classes)
+        # the metrics package loads pytorch-fid, torchvision and scipy (seconds); imported where used
         from gen_dist.evaluation.metrics import PosteriorCollapseDetector
 
         self.collapse = PosteriorCollapseDetector(cfg.eval.collapse_threshold, cfg.eval.collapse_patience)
@@ -68,8 +67,7 @@ class Trainer:
         # DeepSpeed (ZeRO-3 or bf16/fp16): evaluation and samples use a plain fp32 copy of G, refreshed
         # from the engine; otherwise the engine's own module serves
         self._plain_G = None
-        if e.deepspeed is not None and dss.needs_plain_copy(e.deepspeed_config(cfg.train, models.generator),
-                                                            e.zero_stage):
+        if e.needs_plain_copy(cfg.train, models.generator):
             self._plain_G = copy.deepcopy(models.generator)
         pairs = [(models.generator, opt_g)]
         if models.discriminator is not None:
@@ -100,7 +98,7 @@ class Trainer:
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = {}
 
-        self._resume()
+        resume.restore(self)
         if e.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -121,7 +119,7 @@ class Trainer:
         self._t_log, self._images_at_log = time.time(), self.images_seen
         preemption = Preemption()
         while self.step < self.max_steps and self.stop_reason is None:
-            self._train_step()
+            self.train_step()
             self.step += 1
             last = self.step == self.max_steps
             # every rank agrees at the same step boundary, whichever rank got the signal; checked every
@@ -137,13 +135,14 @@ class Trainer:
             want_samples = self.step % cfg.train.sample_every == 0 or last
             want_eval = (cfg.eval.every and self.step % cfg.eval.every == 0) or last
             if want_samples or want_eval:
-                self._sync_for_inference()
+                # DeepSpeed: rank 0's BatchNorm statistics everywhere, the plain fp32 copy of G refreshed
+                self.engine.sync_for_inference([self.G, self.D], self._plain_G)
             if e.is_main and want_samples:
                 self._save_samples()
             if want_eval:
                 self._evaluate()
             if self.step % cfg.train.checkpoint_every == 0 or last or self.stop_reason:
-                self._save_checkpoint()
+                resume.save_checkpoint(self)
         if bar is not None:
             bar.close()
         if self.stop_reason and e.is_main:
@@ -162,12 +161,13 @@ class Trainer:
             e.end()
 
     # --- one step: each phase optimises its model on its micro-batches ------------------------
-    def _train_step(self) -> None:
+    def train_step(self) -> None:
+        """One optimizer step of every phase (step counter and logging are the loop's); bench/ times it."""
         cfg, e = self.cfg, self.engine
         accum = cfg.train.grad_accum
         for p_idx, phase in enumerate(self.phases):
             if phase.fresh_data:
-                self._micro = [self._next_batch() for _ in range(accum)]
+                self._micro = [self.next_batch() for _ in range(accum)]
             if self.step + 1 < phase.start_step:  # not started yet (the VAE-GAN's D before loss.disc_start):
                 continue  # its batches are still read, so the data order does not depend on the start
             for frozen in phase.frozen:  # D during G's step: G's loss must not reach D's grads
@@ -191,7 +191,9 @@ class Trainer:
 
         return draw
 
-    def _next_batch(self):
+    def next_batch(self):
+        """The next micro-batch (x in the model's range, labels) on the device; bench/ replaces it on an
+        instance to feed fixed batches."""
         while True:
             if self._iter is None:
                 self._iter = iter(self.loader)
@@ -243,18 +245,6 @@ class Trainer:
             return self.ema.module
         return self._plain_G if self._plain_G is not None else self.engine.unwrap(self.G)
 
-    def _sync_for_inference(self) -> None:
-        """DeepSpeed (every rank): rank 0's BatchNorm statistics everywhere, as DDP keeps them, and the
-        plain fp32 copy of G refreshed from the engine (whole parameters even under ZeRO-3)."""
-        e = self.engine
-        if e.deepspeed is None:
-            return
-        for model in (self.G, self.D):
-            if model is not None:
-                e.broadcast_buffers(model)
-        if self._plain_G is not None:
-            self._plain_G.load_state_dict(e.state_dict(self.G))
-
     def _save_samples(self) -> None:
         model = self._inference_model()
         folder = self.run_dir / "samples"
@@ -284,19 +274,17 @@ class Trainer:
                               if isinstance(v, (int, float)) and not isinstance(v, bool))
             print(f"gen_dist: eval at step {self.step}: {shown}", flush=True)
             if metrics.get("coverage/alarm"):  # few classes among the samples: the generator collapsed modes
-                from gen_dist.evaluation.metrics import alarm_message
+                from gen_dist.evaluation.metrics import alarm_message  # heavy package: see __init__
 
                 print(f"gen_dist: {alarm_message(metrics, self.cfg.eval.coverage_alarm)}", flush=True)
-        name = self.cfg.eval.best_metric
-        if name == "auto":
-            name = "fid" if self.evaluator.wants_features and self.cfg.eval.fid else "test/loss"
-        if name in metrics and (self.best is None or metrics[name] < self.best["value"]):
+        name = resume.best_metric_name(self.cfg, self.evaluator.wants_features)
+        if resume.improves(self.best, name, metrics):
             self.best = {"metric": name, "value": float(metrics[name]), "step": self.step}
-            self._save_best()
+            resume.save_best(self)
 
     def _stability(self) -> dict:
         """How smooth each loss curve was so far (rolling std of successive differences, spikes)."""
-        from gen_dist.evaluation.metrics import stability_figures
+        from gen_dist.evaluation.metrics import stability_figures  # heavy package: see __init__
 
         out = {}
         for key, points in self.loss_history.items():
@@ -319,133 +307,3 @@ class Trainer:
         self.tracker.log(self.step, {"sync/params_identical": int(same), "sync/param_hashes": hashes})
         if not same:
             warnings.warn(f"parameters differ across ranks at the end of training: {hashes}", stacklevel=2)
-
-    # --- checkpoints -------------------------------------------------------------------------
-    def _state(self) -> dict:
-        e = self.engine
-        rng = e.gather_object(ckpt.rng_state())  # every rank's generators: a collective call
-        ds = e.deepspeed is not None  # then the engines save their own (partitioned) optimizer states
-        for model in (self.G, self.D):
-            if model is not None:
-                e.broadcast_buffers(model)
-        return {
-            "format": ckpt.FORMAT, "step": self.step, "images_seen": self.images_seen,
-            "data": self.loader.position.as_dict(), "world_size": e.world, "zero_stage": e.zero_stage,
-            "models": {"G": e.state_dict(self.G), "D": e.state_dict(self.D) if self.D is not None else None},
-            "optimizers": {"G": None if ds else self.opt_g.state_dict(),
-                           "D": None if ds or not self.opt_d else self.opt_d.state_dict()},
-            "scaler": e.scaler.state_dict() if e.scaler is not None else None,
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "rng": rng, "best": self.best, "wandb_run_id": self.run_id, "config": to_dict(self.cfg),
-            "collapse": self.collapse.state_dict(), "loss_history": self.loss_history,
-            # per-rank remedy state (the replay buffers): every rank's, like the RNG states (collective)
-            "remedies": {name: e.gather_object(obj.state_dict()) for name, obj in self._remedy_state().items()},
-        }
-
-    def _save_checkpoint(self) -> None:
-        state, e = self._state(), self.engine
-        if e.deepspeed is not None:  # every rank writes its partitions into one folder, renamed when whole
-            path = ckpt.step_path(self.ckpt_dir, self.step, deepspeed=True)
-            staging = ckpt.staging_dir(path)
-            if e.is_main:
-                shutil.rmtree(staging, ignore_errors=True)
-                staging.mkdir(parents=True)
-            e.barrier()
-            dss.save(self._engines(), staging)
-            e.barrier()
-            if e.is_main:
-                ckpt.finish_folder(state, staging, path)
-        elif e.is_main:
-            ckpt.atomic_save(state, ckpt.step_path(self.ckpt_dir, self.step))
-        if e.is_main:
-            ckpt.prune(self.ckpt_dir, self.cfg.train.keep_checkpoints)
-            if self.step == self.max_steps:  # the last model in the seed's format, for inference
-                ckpt.atomic_save(self._seed_format(state, None), self.ckpt_dir / "final.pt")
-
-    def _seed_format(self, state: dict, metric: dict | None) -> dict:
-        """The seed's export: {'G_state', 'D_state', 'optimizerG', 'optimizerD', 'fid'} (+ what made it)."""
-        g_state = self.ema.module.state_dict() if self.ema is not None else state["models"]["G"]
-        return {"G_state": g_state, "D_state": state["models"]["D"],
-                "optimizerG": state["optimizers"]["G"], "optimizerD": state["optimizers"]["D"],
-                "fid": metric["value"] if metric and metric["metric"] == "fid" else None,
-                "metric": metric, "step": state["step"], "config": state["config"]}
-
-    def _save_best(self) -> None:
-        state = self._state()
-        if self.engine.is_main:
-            ckpt.atomic_save(self._seed_format(state, self.best), self.ckpt_dir / "best.pt")
-            ckpt.atomic_save(state, self.ckpt_dir / "best_state.pt")
-
-    def _resume(self) -> None:
-        mode = self.cfg.train.resume
-        if mode == "none":
-            return
-        if mode == "auto":
-            found = ckpt.latest_valid(self.ckpt_dir)
-            if found is None:
-                return
-            path, state = found
-        else:
-            path, state = Path(mode), ckpt.load(mode)
-        e = self.engine
-        saved_ds, running_ds = state.get("zero_stage") is not None, e.deepspeed is not None
-        if saved_ds != running_ds:
-            raise CheckpointError(f"checkpoint '{path}' was written by a {'DeepSpeed' if saved_ds else 'DDP'} run and "
-                                  f"this launch is {'DeepSpeed' if running_ds else 'DDP'}: launch with the same "
-                                  "accelerate config file, or start afresh with train.resume=none")
-        if running_ds:
-            if state["world_size"] != e.world or state["zero_stage"] != e.zero_stage:
-                raise CheckpointError(f"checkpoint '{path}' holds ZeRO-{state['zero_stage']} partitions for "
-                                      f"{state['world_size']} processes: resume with that stage and process count, "
-                                      "or start afresh with train.resume=none")
-            if "deepspeed_folder" not in state:
-                raise CheckpointError(f"'{path}' holds no DeepSpeed engine states: resume from a step_* folder")
-            dss.load(self._engines(), Path(state["deepspeed_folder"]))
-        else:
-            e.unwrap(self.G).load_state_dict(state["models"]["G"])
-            self.opt_g.load_state_dict(state["optimizers"]["G"])
-            if self.D is not None:
-                e.unwrap(self.D).load_state_dict(state["models"]["D"])
-                self.opt_d.load_state_dict(state["optimizers"]["D"])
-        if state["scaler"] is not None and e.scaler is not None:
-            e.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None and state["ema"] is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.step, self.images_seen = state["step"], state["images_seen"]
-        self.best, self.run_id = state["best"], state["wandb_run_id"]
-        self.collapse.load_state_dict(state["collapse"])
-        self.loss_history = state["loss_history"]
-        for name, obj in self._remedy_state().items():  # a new world size starts them empty
-            saved = state.get("remedies", {}).get(name)
-            if saved is not None and state["world_size"] == e.world:
-                obj.load_state_dict(saved[e.rank])
-        data = state["data"]
-        if state["world_size"] == e.world:
-            ckpt.set_rng_state(state["rng"][e.rank])
-            self.loader.set_position(data["epoch"], data["batches_consumed"])
-        else:  # keep the images already consumed this epoch, re-counted in the new global batch
-            warnings.warn(f"resuming a {state['world_size']}-process checkpoint on {e.world} processes: "
-                          "random streams restart and the epoch position is approximate", stacklevel=2)
-            seen = data["batches_consumed"] * state["world_size"]
-            self.loader.set_position(data["epoch"], seen // e.world)
-        if e.is_main:
-            self._truncate_metrics(self.step)
-            print(f"gen_dist: resumed from {path} at step {self.step}", flush=True)
-
-    def _remedy_state(self) -> dict:
-        """Stateful mode-collapse remedies of the phases (phases/), by name."""
-        return {name: obj for phase in self.phases for name, obj in phase.state.items()}
-
-    def _engines(self) -> dict:
-        return {name: m for name, m in (("G", self.G), ("D", self.D)) if m is not None}
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Rows logged after the checkpoint by the interrupted run are replaced by the resumed run's."""
-        path = self.run_dir / "metrics.jsonl"
-        if not path.is_file():
-            return
-        rows = [line for line in path.read_text().splitlines() if line.strip()]
-        kept = [r for r in rows if json.loads(r).get("step", 0) <= step]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(r + "\n" for r in kept))
-        tmp.replace(path)

@@ -24,13 +24,20 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from gen_dist.data import to_model_range
+from gen_dist.data.datasets import load_arrays
+from gen_dist.data.shards import read_all
+from gen_dist.errors import DataError
 
 RECIPE = "cnn16-bn-adam-onecycle-v1"  # part of the cache key: change it when the network or training changes
 COVERED_SHARE = 0.25  # a class is covered when it holds >= 1/4 of its real share of the samples
@@ -87,14 +94,8 @@ def _training_split(data_cfg) -> tuple[torch.Tensor, torch.Tensor]:
     """The real training split (uint8 images, labels): the run's explicit shards, else the torchvision
     source that `data.shards=auto` converts (the same pixels)."""
     if data_cfg.shards not in (None, "auto"):
-        import numpy as np
-
-        from gen_dist.data.shards import read_all
-
         images, labels, _ = read_all(data_cfg.shards)
         return torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels).long()
-    from gen_dist.data.arrays import load_arrays
-
     images, labels, _ = load_arrays(data_cfg.dataset, data_cfg.root, True, data_cfg.download, data_cfg.image_size)
     return images, labels
 
@@ -102,8 +103,6 @@ def _training_split(data_cfg) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.no_grad()
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, image_size: int,
              device: torch.device, batch: int = 1000) -> float:
-    from gen_dist.data import to_model_range
-
     was_training = model.training
     model.eval()
     correct = 0
@@ -118,8 +117,6 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
                      epochs: int, device: torch.device) -> DigitClassifier:
     """Adam with a one-cycle schedule, batch 128, `epochs` passes; seeded, and the global RNG state of
     the caller (the training run) is left as it was."""
-    from gen_dist.data import to_model_range
-
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(CLASSIFIER_SEED)
@@ -143,8 +140,6 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
 
 
 def _save_atomic(obj, path: Path) -> None:
-    import os
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     torch.save(obj, tmp)
@@ -154,8 +149,6 @@ def _save_atomic(obj, path: Path) -> None:
 def load_or_train(cfg, test_set, device: torch.device) -> TrainedClassifier:
     """The cached classifier for this data, or a new one trained, tested and cached. Call it on each
     node's main process first (the others then read the file it wrote)."""
-    from gen_dist.errors import DataError
-
     num_classes = len(test_set.classes) if test_set.classes else int(test_set.labels.max()) + 1
     size = test_set.images.shape[-1]  # the data's stored size (a folder's: data.image_size)
     path = cache_path(cfg, test_set.channels, num_classes, size)

@@ -1,0 +1,145 @@
+"""A training run's checkpoints: the state assembled from the trainer's parts, saving it (step_*.pt,
+or a DeepSpeed step folder), resuming from it, the seed-format exports (final.pt, best.pt) and the
+best-model policy.
+
+The functions take the Trainer: they read its models, optimizers, loader and counters, and resuming
+sets them. Saving is collective (every rank's RNG and replay-buffer states are gathered; DeepSpeed
+engines write their partitions on every rank); only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from gen_dist import checkpoint as ckpt
+from gen_dist.config import to_dict
+from gen_dist.distributed import deepspeed as dss
+from gen_dist.tracking import truncate_metrics
+
+
+# --- the best model -------------------------------------------------------------------------------
+def best_metric_name(cfg, wants_features: bool) -> str:
+    """The metric eval.best_metric names; ``auto``: FID when it is computed, else the test loss."""
+    name = cfg.eval.best_metric
+    if name == "auto":
+        name = "fid" if wants_features and cfg.eval.fid else "test/loss"
+    return name
+
+
+def improves(best: dict | None, name: str, metrics: dict) -> bool:
+    """Lower is better for every metric best_metric may name."""
+    return name in metrics and (best is None or metrics[name] < best["value"])
+
+
+# --- state --------------------------------------------------------------------------------------
+def remedy_state(phases) -> dict:
+    """Stateful mode-collapse remedies of the phases (phases/), by name."""
+    return {name: obj for phase in phases for name, obj in phase.state.items()}
+
+
+def engines_of(t) -> dict:
+    return {name: m for name, m in (("G", t.G), ("D", t.D)) if m is not None}
+
+
+def state_of(t) -> dict:
+    """The whole resume state (collective: every rank calls it)."""
+    e = t.engine
+    rng = e.gather_object(ckpt.rng_state())  # every rank's generators: a collective call
+    ds = e.deepspeed is not None  # then the engines save their own (partitioned) optimizer states
+    for model in (t.G, t.D):
+        if model is not None:
+            e.broadcast_buffers(model)
+    return {
+        "format": ckpt.FORMAT, "step": t.step, "images_seen": t.images_seen,
+        "data": t.loader.position.as_dict(), "world_size": e.world, "zero_stage": e.zero_stage,
+        "models": {"G": e.state_dict(t.G), "D": e.state_dict(t.D) if t.D is not None else None},
+        "optimizers": {"G": None if ds else t.opt_g.state_dict(),
+                       "D": None if ds or not t.opt_d else t.opt_d.state_dict()},
+        "scaler": e.scaler.state_dict() if e.scaler is not None else None,
+        "ema": t.ema.state_dict() if t.ema is not None else None,
+        "rng": rng, "best": t.best, "wandb_run_id": t.run_id, "config": to_dict(t.cfg),
+        "collapse": t.collapse.state_dict(), "loss_history": t.loss_history,
+        # per-rank remedy state (the replay buffers): every rank's, like the RNG states (collective)
+        "remedies": {name: e.gather_object(obj.state_dict()) for name, obj in remedy_state(t.phases).items()},
+    }
+
+
+def seed_format(state: dict, ema, metric: dict | None) -> dict:
+    """The seed's export: {'G_state', 'D_state', 'optimizerG', 'optimizerD', 'fid'} (+ what made it)."""
+    g_state = ema.module.state_dict() if ema is not None else state["models"]["G"]
+    return {"G_state": g_state, "D_state": state["models"]["D"],
+            "optimizerG": state["optimizers"]["G"], "optimizerD": state["optimizers"]["D"],
+            "fid": metric["value"] if metric and metric["metric"] == "fid" else None,
+            "metric": metric, "step": state["step"], "config": state["config"]}
+
+
+# --- saving -------------------------------------------------------------------------------------
+def save_checkpoint(t) -> None:
+    """step_*.pt (a folder under DeepSpeed), the oldest pruned; final.pt after the last step."""
+    state, e = state_of(t), t.engine
+    if e.deepspeed is not None:  # every rank writes its partitions into one folder, renamed when whole
+        dss.save_checkpoint(e, engines_of(t), state, ckpt.step_path(t.ckpt_dir, t.step, deepspeed=True))
+    elif e.is_main:
+        ckpt.atomic_save(state, ckpt.step_path(t.ckpt_dir, t.step))
+    if e.is_main:
+        ckpt.prune(t.ckpt_dir, t.cfg.train.keep_checkpoints)
+        if t.step == t.max_steps:  # the last model in the seed's format, for inference
+            ckpt.atomic_save(seed_format(state, t.ema, None), t.ckpt_dir / "final.pt")
+
+
+def save_best(t) -> None:
+    """best.pt (seed format) and best_state.pt (a resume state) for the model ``t.best`` describes."""
+    state = state_of(t)
+    if t.engine.is_main:
+        ckpt.atomic_save(seed_format(state, t.ema, t.best), t.ckpt_dir / "best.pt")
+        ckpt.atomic_save(state, t.ckpt_dir / "best_state.pt")
+
+
+# --- resuming -----------------------------------------------------------------------------------
+def restore(t) -> None:
+    """train.resume: none, auto (the latest valid checkpoint of the run, if any) or a path."""
+    mode = t.cfg.train.resume
+    if mode == "none":
+        return
+    if mode == "auto":
+        found = ckpt.latest_valid(t.ckpt_dir)
+        if found is None:
+            return
+        path, state = found
+    else:
+        path, state = Path(mode), ckpt.load(mode)
+    e = t.engine
+    dss.check_resumable(state, path, e.world, e.zero_stage)  # the zero stage is None under DDP
+    if e.deepspeed is not None:
+        dss.load(engines_of(t), Path(state["deepspeed_folder"]))
+    else:
+        e.unwrap(t.G).load_state_dict(state["models"]["G"])
+        t.opt_g.load_state_dict(state["optimizers"]["G"])
+        if t.D is not None:
+            e.unwrap(t.D).load_state_dict(state["models"]["D"])
+            t.opt_d.load_state_dict(state["optimizers"]["D"])
+    if state["scaler"] is not None and e.scaler is not None:
+        e.scaler.load_state_dict(state["scaler"])
+    if t.ema is not None and state["ema"] is not None:
+        t.ema.load_state_dict(state["ema"])
+    t.step, t.images_seen = state["step"], state["images_seen"]
+    t.best, t.run_id = state["best"], state["wandb_run_id"]
+    t.collapse.load_state_dict(state["collapse"])
+    t.loss_history = state["loss_history"]
+    for name, obj in remedy_state(t.phases).items():  # a new world size starts them empty
+        saved = state.get("remedies", {}).get(name)
+        if saved is not None and state["world_size"] == e.world:
+            obj.load_state_dict(saved[e.rank])
+    data = state["data"]
+    if state["world_size"] == e.world:
+        ckpt.set_rng_state(state["rng"][e.rank])
+        t.loader.set_position(data["epoch"], data["batches_consumed"])
+    else:  # keep the images already consumed this epoch, re-counted in the new global batch
+        warnings.warn(f"resuming a {state['world_size']}-process checkpoint on {e.world} processes: "
+                      "random streams restart and the epoch position is approximate", stacklevel=2)
+        seen = data["batches_consumed"] * state["world_size"]
+        t.loader.set_position(data["epoch"], seen // e.world)
+    if e.is_main:
+        truncate_metrics(t.run_dir, t.step)
+        print(f"gen_dist: resumed from {path} at step {t.step}", flush=True)
