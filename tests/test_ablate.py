@@ -14,7 +14,8 @@ from conftest import PYTHON, REPO, TINY, read_metrics, run_env, train
 from wandb_reader import records
 
 STUDY = str(REPO / "configs" / "ablation_mnist.yaml")
-MODELS = ["vae", "gan", "vaegan_l0", "vaegan_l0.1", "vaegan_l0.5", "vaegan_l1", "vaegan_l0.5_prior"]
+MODELS = ["vae", "gan", "vaegan_l0", "vaegan_l0.1", "vaegan_l0.5", "vaegan_l1", "vaegan_learned", "vaegan_adaptive",
+          "vae_s1", "gan_s1", "vaegan_adaptive_s1"]
 # a few steps per model; FID/KID/precision-recall on 16 samples (real Inception weights), mode coverage on
 # 200 samples with a classifier trained on 2,000 images
 QUICK = TINY + ["train.epochs=0", "train.max_steps=4", "eval.every=0", "eval.sample_quality=true",
@@ -22,7 +23,8 @@ QUICK = TINY + ["train.epochs=0", "train.max_steps=4", "eval.every=0", "eval.sam
                 "eval.classifier_limit=2000"]
 SECTIONS = ["## Results", "## Samples", "## Reconstructions", "## Loss curves", "## Stability", "## Findings",
             "### Reconstruction error against the baseline VAE", "### Visual sample quality",
-            "### Stability during training", "### The lambda trade-off (0 vs 1)", "### Mode coverage"]
+            "### Stability during training", "### The lambda trade-off (0 vs 1)", "### Mode coverage",
+            "### The best VAE-GAN against both baselines, per seed"]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +80,8 @@ def test_study_trains_every_model_and_writes_the_report(study):
             assert final["test/active_units"] >= 0 and "test/kl" in final
         assert any(k.startswith("stability/") for k in final)
     assert rows["gan"]["test MSE/pixel"] == "–" and rows["vaegan_l0.5"]["lambda"] == "0.5"
-    assert rows["vaegan_l0.5_prior"]["lambda"] == "0.5 (+prior)"
+    assert rows["vaegan_adaptive"]["lambda"] == "adaptive x3"
+    assert rows["vaegan_learned"]["lambda"] == "1 (learned similarity)"
     # the lambda=0 vs 1 paragraph quotes the two runs' numbers
     mse0 = [r for r in read_metrics(out / "vaegan_l0") if "test/mse" in r][-1]["test/mse"]
     mse1 = [r for r in read_metrics(out / "vaegan_l1") if "test/mse" in r][-1]["test/mse"]

@@ -86,8 +86,10 @@ def results_table(runs: list[ModelRun]) -> tuple[list[str], list[list[tuple[str,
     rows = []
     for r in runs:
         lam = "–" if r.lam is None else f"{r.lam:g}"
-        if r.cfg.model.kind == "vaegan" and r.cfg.loss.vaegan_prior_samples:
-            lam += " (+prior)"
+        if r.cfg.model.kind == "vaegan" and r.cfg.loss.adv_weight == "adaptive":
+            lam = f"adaptive x{r.lam:g}"
+        if r.cfg.model.kind == "vaegan" and r.cfg.loss.similarity != "pixel":
+            lam += f" ({r.cfg.loss.similarity} similarity)"
         row = [(r.name if r.finished else f"{r.name} (not finished)", False), (r.cfg.model.kind, False), (lam, False)]
         for key, _, _, spec in cols:
             v = r.metrics.get(key)
@@ -197,9 +199,8 @@ def loss_figure(run: ModelRun, folder: Path) -> Path | None:
 
 
 def tradeoff_figure(runs: list[ModelRun], folder: Path) -> Path | None:
-    """Test MSE and FID (else the class KL) against lambda, for the plain VAE-GAN runs."""
-    pts = sorted((r.lam, r) for r in runs if r.lam is not None and not r.cfg.loss.vaegan_prior_samples
-                 and "test/mse" in r.metrics)
+    """Test MSE and FID (else the class KL) against lambda, for the lesson's lambda runs."""
+    pts = sorted((r.lam, r) for r in runs if r.role == "VAE-GAN" and "test/mse" in r.metrics)
     if len(pts) < 2:
         return None
     quality = "fid" if all("fid" in r.metrics for _, r in pts) else "coverage/kl"
