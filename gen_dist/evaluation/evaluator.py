@@ -111,7 +111,8 @@ class Evaluator:
         if self._inception is None:
             from gen_dist.evaluation.metrics import load_inception
 
-            self._inception = load_inception(self.cfg.eval.inception_weights, self.engine.device)
+            self._inception = load_inception(self.cfg.eval.inception_weights, self.engine.device,
+                                             fast=self.cfg.eval.fast_inception)
         return self._inception
 
     def _features(self, batches):
@@ -128,8 +129,7 @@ class Evaluator:
 
     def _real_key(self, n: int) -> str:
         pixels = hashlib.sha1(self.test_set.images[:n].numpy().tobytes()).hexdigest()
-        first = next(self.inception().parameters())  # the first conv's weights identify the detector
-        detector = hashlib.sha1(first.detach().cpu().numpy().tobytes()).hexdigest()[:12]
+        detector = self.inception().detector_id  # a hash of the reference first conv's weights, fast or not
         parts = f"{pixels}|size{self.cfg.data.image_size}|n{n}|{DETECTOR}|{detector}|cap{self.cfg.eval.max_features}"
         return hashlib.sha1(parts.encode()).hexdigest()[:20]
 

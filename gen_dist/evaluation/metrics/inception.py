@@ -199,14 +199,16 @@ class FastInception(nn.Module):
         self.fc_is_zero, self.weights_source = reference.fc_is_zero, reference.weights_source
         self.detector_id = reference.detector_id
         self.chunk, self.bf16 = chunk, bf16
+        self.channels_last = True  # bench/inception_forward.py turns it off to measure its gain
         self.requires_grad_(False)
         self.eval()
         self.to(memory_format=torch.channels_last)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous(memory_format=torch.channels_last)
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = x.contiguous(memory_format=layout)
         x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-        x = x.contiguous(memory_format=torch.channels_last)  # a no-op unless interpolate changed layout
+        x = x.contiguous(memory_format=layout)  # a no-op unless interpolate changed the layout
         x = F.relu(self.grey_first(x) if x.shape[1] == 1 else self.rgb_first(x), inplace=True)
         if self.bf16:
             with torch.autocast(x.device.type, dtype=torch.bfloat16):
