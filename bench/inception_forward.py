@@ -54,7 +54,7 @@ def fast_forward(model: FastInception, grey: bool):
 
 
 def variants(ref):
-    def fast(chunk=32, channels_last=True, bf16=False):
+    def fast(chunk=32, channels_last=True, bf16=False):  # built as load_inception(fast=True) builds it
         m = FastInception(ref, chunk=chunk, bf16=bf16)
         if not channels_last:
             m.channels_last = False
@@ -66,11 +66,12 @@ def variants(ref):
         ("+ inference_mode", reference_forward(ref, 50, torch.inference_mode)),
         ("+ BatchNorm and [-1,1] folded (NCHW, 3 ch, chunk 32)", fast_forward(fast(channels_last=False), False)),
         ("+ channels_last (3 ch, chunk 32)", fast_forward(fast(), False)),
-        ("+ grey: first conv on 1 ch (chunk 32) = default", fast_forward(fast(), True)),
-        ("  same, chunk 8", fast_forward(fast(chunk=8), True)),
+        ("+ grey: first conv on 1 ch (chunk 32)", fast_forward(fast(), True)),
+        ("+ chunk 8 = the default on CPU", fast_forward(fast(chunk=8), True)),
+        ("  same, chunk 4", fast_forward(fast(chunk=4), True)),
         ("  same, chunk 16", fast_forward(fast(chunk=16), True)),
         ("  same, chunk 64", fast_forward(fast(chunk=64), True)),
-        ("  + bf16 autocast (chunk 32; off by default)", fast_forward(fast(bf16=True), True)),
+        ("  + bf16 autocast (chunk 8; off by default)", fast_forward(fast(chunk=8, bf16=True), True)),
     ]
 
 

@@ -33,7 +33,7 @@ from gen_dist.errors import UserError
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FEATURE_DIM = 2048
-FAST_CHUNK = 32  # images per forward inside FastInception (bench/inception_forward.py)
+FAST_CHUNK = 8  # images per forward inside FastInception on CPU (bench/inception_forward.py: 8 > 16 > 32 > 64)
 
 
 class MetricsError(UserError, ValueError):
@@ -83,10 +83,11 @@ def _fid_state_dict(weights: Optional[str]) -> tuple[dict, str]:
 
 
 def load_inception(weights: Optional[str] = None, device: torch.device | str = "cpu", fast: bool = False,
-                   chunk: int = FAST_CHUNK, bf16: bool = False) -> nn.Module:
+                   chunk: Optional[int] = None, bf16: bool = False) -> nn.Module:
     """pytorch-fid's `InceptionV3([3])` in eval mode, plus `fc` (its classifier, for IS) and
     `fc_is_zero`, `weights_source`, `detector_id` attributes. `fast=True`: the same network as a
-    `FastInception` (same features up to float rounding, see there)."""
+    `FastInception` (same features up to float rounding, see there), `chunk` images per forward
+    (default: FAST_CHUNK on CPU, the whole batch elsewhere: GPUs want large batches)."""
     sd, source = _fid_state_dict(weights)
     # pytorch-fid takes no weights path: it always asks torch hub. Hand it our state dict instead,
     # so the architecture (its patched FID blocks) stays exactly pytorch-fid's.
@@ -106,6 +107,8 @@ def load_inception(weights: Optional[str] = None, device: torch.device | str = "
     # the reference first convolution's weights identify the detector (the real-statistics cache key)
     model.detector_id = hashlib.sha1(sd["Conv2d_1a_3x3.conv.weight"].numpy().tobytes()).hexdigest()[:12]
     model.eval()  # folded on the CPU (in float64), then moved
+    if chunk is None:
+        chunk = FAST_CHUNK if torch.device(device).type == "cpu" else 0
     return (FastInception(model, chunk=chunk, bf16=bf16) if fast else model).to(device)
 
 
@@ -173,7 +176,7 @@ class FastInception(nn.Module):
     - grey input ([B, 1, H, W]) goes through a first convolution with its three input channels' weights
       summed: the three equal channels pytorch-fid feeds give the same sums;
     - channels_last tensors and weights (oneDNN's preferred layout on CPU, tensor cores' on GPU), the
-      resize to 299 done once per chunk straight into that layout, `chunk` images per forward;
+      resize to 299 done once per chunk straight into that layout, `chunk` images per forward (0: all);
     - optional bf16 autocast (off by default: see docs/performance.md, "FID speed").
 
     Input: floats in [0, 1] ([B, 1 or 3, H, W]), as `to_inception_input(..., expand=False)` gives.
