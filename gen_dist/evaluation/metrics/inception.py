@@ -5,7 +5,7 @@ PNG-folder pipeline feeds it: uint8 pixels / 255, grey copied to R, G, B, biline
 scaling to [-1, 1] inside the network. Our features therefore equal `python -m pytorch_fid` on the
 same images saved as PNG. `load_inception(..., fast=True)` (eval.fast_inception, the default in
 evaluation) gives the same network rebuilt for speed, `FastInception`: features equal to ~2e-5 (of
-0..~6), FID to ~5e-7 relative; 2.3-2.5x faster on one CPU core (docs/performance.md, "FID speed").
+0..~6), FID to ~5e-7 relative; the forward 2.6x faster on one CPU core (docs/performance.md, "FID speed").
 
 Inception Score needs a classifier. The published IS network is the same 2015 TF Inception, whose
 softmax layer pytorch-fid's weights file carries as `fc` (1008 classes) although its `InceptionV3`
