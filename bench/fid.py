@@ -4,8 +4,9 @@
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python bench/fid.py --n 1000 --skip-reference
 
 Images: MNIST train[:n] vs test[:n] (GEN_DIST_DATA, default ../shared/data), written as PNG folders.
-In process: ours (tensors -> `extract_features`, batch 50 -> `FeatureStats` -> eigen-route Fréchet)
-vs pytorch-fid's `calculate_fid_given_paths` (batch 50, as its CLI). Whole commands, one after
+In process: ours (tensors -> `extract_features`, batch 50 -> `FeatureStats` -> eigen-route Fréchet),
+with `FastInception` (eval.fast_inception=true, the default) and with pytorch-fid's network as it
+is, vs pytorch-fid's `calculate_fid_given_paths` (batch 50, as its CLI). Whole commands, one after
 another, each with OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1, start-up included:
 
     TORCH_HOME=<tmp> python -m pytorch_fid A B --device cpu --batch-size 50 --num-workers 0
@@ -55,9 +56,9 @@ def write_pngs(images: torch.Tensor, folder: Path) -> str:
     return str(folder)
 
 
-def ours(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, list]:
+def ours(a: torch.Tensor, b: torch.Tensor, fast: bool = True) -> tuple[float, float, list]:
     t0 = time.perf_counter()
-    model = load_inception(WEIGHTS)
+    model = load_inception(WEIGHTS, fast=fast)
     stats = []
     for images in (a, b):
         s = FeatureStats()
@@ -101,8 +102,9 @@ def commands(dirs: list[str], torch_home: Path, skip_reference: bool) -> list[tu
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", *evaluate],
               dict(env, ACCELERATE_USE_CPU="1"))]
     rows = []
-    for name, procs, cmd, e in runs:
-        fid, wall = command(cmd, e)
+    for i, (name, procs, cmd, e) in enumerate(runs):
+        # --compare caches each set's statistics: a fresh cache per command, or later ones would read it
+        fid, wall = command(cmd, dict(e, GEN_DIST_FID_CACHE=str(torch_home.parent / f"fid_stats{i}")))
         rows.append((name, procs, wall, fid))
         print(f"  done: {name} ({procs} proc) {wall:.1f} s, FID {fid:.6f}", flush=True)
     return rows
@@ -137,7 +139,9 @@ def main() -> None:
         os.environ["TORCH_HOME"] = str(tmp / "torch")  # for the in-process pytorch-fid run
 
         fid, t, stats = ours(a, b)
-        print(f"in process, ours        : FID {fid:.6f}  {t:6.1f} s", flush=True)
+        print(f"in process, ours        : FID {fid:.6f}  {t:6.1f} s (eval.fast_inception=true)", flush=True)
+        fid_slow, t_slow, _ = ours(a, b, fast=False)
+        print(f"in process, ours        : FID {fid_slow:.6f}  {t_slow:6.1f} s (eval.fast_inception=false)", flush=True)
         if not args.skip_reference:
             ref, t_ref = reference(dirs)
             print(f"in process, pytorch-fid : FID {ref:.6f}  {t_ref:6.1f} s", flush=True)
@@ -149,7 +153,7 @@ def main() -> None:
     for name, procs, wall, f in rows:
         ratio = f"{wall / base:.2f}" if base else "-"
         print(f"{name:<34}{procs:>5}{wall:>9.1f}{f:>12.6f}{ratio:>15}")
-    fids = [f for *_, f in rows] + [fid] + ([] if args.skip_reference else [ref])
+    fids = [f for *_, f in rows] + [fid, fid_slow] + ([] if args.skip_reference else [ref])
     spread = (max(fids) - min(fids)) / min(fids)
     print(f"FIDs (commands and in process) agree to {spread:.1e} relative: "
           f"{'within' if spread <= 1e-3 else 'NOT within'} 1e-3")

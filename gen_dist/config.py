@@ -136,6 +136,7 @@ class EvalConfig:
     max_features: int = 10000  # raw feature rows kept per set for KID/PR (memory bound)
     inception_score: bool = False  # needs a real classifier (eval.inception_weights with its fc)
     inception_weights: Optional[str] = None  # local FID Inception weights (offline clusters)
+    fast_inception: bool = True  # folded BatchNorm, channels_last, grey on 1 channel: same features to ~2e-5
     stats_cache: str = "${oc.env:GEN_DIST_FID_CACHE,fid_stats}"  # real-data feature cache folder
     # VAE
     iwae_k: int = 0  # importance samples for the IWAE bound (0 = off, e.g. 5000)

@@ -113,7 +113,8 @@ class Evaluator:
         if self._inception is None:
             from gen_dist.evaluation.metrics import load_inception
 
-            self._inception = load_inception(self.cfg.eval.inception_weights, self.engine.device)
+            self._inception = load_inception(self.cfg.eval.inception_weights, self.engine.device,
+                                             fast=self.cfg.eval.fast_inception)
         return self._inception
 
     def features(self, batches):
@@ -130,8 +131,7 @@ class Evaluator:
 
     def _real_key(self, n: int) -> str:
         pixels = hashlib.sha1(self.test_set.images[:n].numpy().tobytes()).hexdigest()
-        first = next(self.inception().parameters())  # the first conv's weights identify the detector
-        detector = hashlib.sha1(first.detach().cpu().numpy().tobytes()).hexdigest()[:12]
+        detector = self.inception().detector_id  # a hash of the reference first conv's weights, fast or not
         parts = f"{pixels}|size{self.cfg.data.image_size}|n{n}|{DETECTOR}|{detector}|cap{self.cfg.eval.max_features}"
         return hashlib.sha1(parts.encode()).hexdigest()[:20]
 
@@ -139,17 +139,11 @@ class Evaluator:
         """(mu, sigma, gathered features) of the test split: from the cache, or computed and cached."""
         if self._real is not None:
             return self._real
-        from gen_dist.evaluation.metrics import load_stats, save_stats
-
         e, c = self.engine, self.cfg
         n = min(len(self.test_set.images), c.eval.limit or len(self.test_set.images))
         key = self._real_key(n)
-        stats_file = Path(c.eval.stats_cache) / f"real_{key}.npz"
-        feats_file = stats_file.with_suffix(".features.pt")
-        cached = load_stats(stats_file, key) if feats_file.is_file() else None
-        if not e.any_rank(cached is None):  # all ranks must agree, or one would wait in a collective
-            feats = torch.load(feats_file, map_location="cpu", weights_only=True).to(e.device)
-            self._real = (*cached, feats)
+        self._real = self.cached_set("real", key)
+        if self._real is not None:
             return self._real
 
         def batches():
@@ -157,16 +151,42 @@ class Evaluator:
                 images = self.test_set.images[idx].to(e.device)
                 yield idx, to_model_range(images, c.data.image_size, signed=False)
 
-        stats, bank = self.features(batches())
+        self._real = self.cache_set("real", key, *self.features(batches()))
+        return self._real
+
+    def set_key(self, content: str, n: int) -> str:
+        """Cache key of a set of n images whose content hashes to `content` (launch/evaluate.py --compare)."""
+        parts = f"{content}|n{n}|{DETECTOR}|{self.inception().detector_id}|cap{self.cfg.eval.max_features}"
+        return hashlib.sha1(parts.encode()).hexdigest()[:20]
+
+    def _cache_files(self, prefix: str, key: str) -> tuple[Path, Path]:
+        stats_file = Path(self.cfg.eval.stats_cache) / f"{prefix}_{key}.npz"
+        return stats_file, stats_file.with_suffix(".features.pt")
+
+    def cached_set(self, prefix: str, key: str):
+        """(mu, sigma, gathered features) from eval.stats_cache, or None (on every rank alike)."""
+        from gen_dist.evaluation.metrics import load_stats
+
+        stats_file, feats_file = self._cache_files(prefix, key)
+        cached = load_stats(stats_file, key) if feats_file.is_file() else None
+        if self.engine.any_rank(cached is None):  # all ranks must agree, or one would wait in a collective
+            return None
+        feats = torch.load(feats_file, map_location="cpu", weights_only=True).to(self.engine.device)
+        return (*cached, feats)
+
+    def cache_set(self, prefix: str, key: str, stats, bank):
+        """(mu, sigma, gathered features) of all-reduced stats and a bank, written to the cache by the main process."""
+        from gen_dist.evaluation.metrics import save_stats
+
         mu, sigma = stats.mean_cov()
         feats = bank.gather()
-        if e.is_main:
+        if self.engine.is_main:
+            stats_file, feats_file = self._cache_files(prefix, key)
             save_stats(stats_file, mu, sigma, key)
             tmp = feats_file.with_name(feats_file.name + ".tmp")
             torch.save(feats.cpu(), tmp)
             tmp.replace(feats_file)
-        self._real = (mu, sigma, feats)
-        return self._real
+        return mu, sigma, feats
 
     def generated(self, model, n: int):
         """(indices, images in [0, 1]) of this rank's share of n generated samples, sample i from latent i."""

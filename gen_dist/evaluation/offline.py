@@ -6,6 +6,7 @@ numbers do not depend on the number of processes.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,16 @@ class _ImageSet:
             images, _labels, _keys = read_all(spec)
             self.files, self.images = None, torch.from_numpy(np.ascontiguousarray(images))
 
+    def content_hash(self) -> str:
+        """A hash of the set's names and bytes (files) or pixels (shards): its cache identity."""
+        h = hashlib.sha1()
+        if self.files is not None:
+            for f in self.files:
+                h.update(f.name.encode() + b"\0" + f.read_bytes())
+        else:
+            h.update(self.images.numpy().tobytes())
+        return h.hexdigest()
+
     def __len__(self) -> int:
         return len(self.files) if self.files is not None else len(self.images)
 
@@ -89,19 +100,21 @@ def compare_image_sets(a: str, b: str, overrides: list[str], batch_size: int = 5
     engine = Engine("no", cfg.seed)
     evaluator = Evaluator(cfg, engine, None, 0)
     results = []
-    for spec in (a, b):
+    for spec in (a, b):  # each set's statistics come from eval.stats_cache when its content was seen before
         images = _ImageSet(spec)
-        batches = ((idx, images.batch(idx).to(engine.device))
-                   for idx in strided(len(images), engine.rank, engine.world, batch_size))
-        stats, bank = evaluator.features(batches)
-        results.append((stats, bank, len(images)))
-    (sa, ba, na), (sb, bb, nb) = results
+        key = evaluator.set_key(images.content_hash(), len(images))
+        cached = evaluator.cached_set("set", key)
+        if cached is None:
+            batches = ((idx, images.batch(idx).to(engine.device))
+                       for idx in strided(len(images), engine.rank, engine.world, batch_size))
+            cached = evaluator.cache_set("set", key, *evaluator.features(batches))
+        results.append((cached, len(images)))
+    ((mua, sga, fa), na), ((mub, sgb, fb), nb) = results
     out: dict = {"a": a, "b": b, "images_a": na, "images_b": nb, "world_size": engine.world}
-    fa, fb = ba.gather(), bb.gather()
     if cfg.eval.kid and min(len(fa), len(fb)) >= 2:
         out["kid"], out["kid_std"] = kid(fa, fb, cfg.eval.kid_subset_size, cfg.eval.kid_subsets, seed=cfg.seed)
     if cfg.eval.precision_recall and min(len(fa), len(fb)) > cfg.eval.pr_k:
         out["precision"], out["recall"] = precision_recall(fb, fa, k=cfg.eval.pr_k)  # b is the reference
-    out["fid"] = compute_fid(sa, sb)
+    out["fid"] = compute_fid((mua, sga), (mub, sgb), device=engine.device)
     engine.end()
     return out if engine.is_main else None

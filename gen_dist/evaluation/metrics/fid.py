@@ -94,10 +94,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 Stats = Union[FeatureStats, tuple]
 
 
-def compute_fid(fake: Stats, real: Stats) -> float:
+def compute_fid(fake: Stats, real: Stats, device: Optional[torch.device] = None) -> float:
     """FID between two already all-reduced `FeatureStats` (or (mu, sigma) pairs), the same on every
-    rank: rank 0 computes, the others receive it."""
-    device = next((s.device for s in (fake, real) if isinstance(s, FeatureStats)), torch.device("cpu"))
+    rank: rank 0 computes, the others receive it (on `device`, else the stats' device, else the CPU)."""
+    device = device or next((s.device for s in (fake, real) if isinstance(s, FeatureStats)), torch.device("cpu"))
     # Validate on every rank: an error raised on rank 0 alone would leave the others waiting.
     (mu1, s1), (mu2, s2) = [s.mean_cov() if isinstance(s, FeatureStats) else s for s in (fake, real)]
     checked = _checked(mu1, s1, mu2, s2)

@@ -3,7 +3,9 @@
 FID, KID and precision/recall use pytorch-fid's own `InceptionV3` (pool3, 2048-d) fed exactly as its
 PNG-folder pipeline feeds it: uint8 pixels / 255, grey copied to R, G, B, bilinear resize to 299 and
 scaling to [-1, 1] inside the network. Our features therefore equal `python -m pytorch_fid` on the
-same images saved as PNG.
+same images saved as PNG. `load_inception(..., fast=True)` (eval.fast_inception, the default in
+evaluation) gives the same network rebuilt for speed, `FastInception`: features equal to ~2e-5 (of
+0..~6), FID to ~5e-7 relative; the forward 2.6x faster on one CPU core (docs/performance.md, "FID speed").
 
 Inception Score needs a classifier. The published IS network is the same 2015 TF Inception, whose
 softmax layer pytorch-fid's weights file carries as `fc` (1008 classes) although its `InceptionV3`
@@ -14,6 +16,8 @@ fallback: torchvision's ImageNet Inception-v3, if the user supplies its weights.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import os
 from pathlib import Path
 from typing import Optional
@@ -29,6 +33,7 @@ from gen_dist.errors import UserError
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FEATURE_DIM = 2048
+FAST_CHUNK = 8  # images per forward inside FastInception on CPU (bench/inception_forward.py: 8 > 16 > 32 > 64)
 
 
 class MetricsError(UserError, ValueError):
@@ -77,9 +82,12 @@ def _fid_state_dict(weights: Optional[str]) -> tuple[dict, str]:
     return sd, pfi.FID_WEIGHTS_URL
 
 
-def load_inception(weights: Optional[str] = None, device: torch.device | str = "cpu") -> nn.Module:
+def load_inception(weights: Optional[str] = None, device: torch.device | str = "cpu", fast: bool = False,
+                   chunk: Optional[int] = None, bf16: bool = False) -> nn.Module:
     """pytorch-fid's `InceptionV3([3])` in eval mode, plus `fc` (its classifier, for IS) and
-    `fc_is_zero`, `weights_source` attributes."""
+    `fc_is_zero`, `weights_source`, `detector_id` attributes. `fast=True`: the same network as a
+    `FastInception` (same features up to float rounding, see there), `chunk` images per forward
+    (default: FAST_CHUNK on CPU, the whole batch elsewhere: GPUs want large batches)."""
     sd, source = _fid_state_dict(weights)
     # pytorch-fid takes no weights path: it always asks torch hub. Hand it our state dict instead,
     # so the architecture (its patched FID blocks) stays exactly pytorch-fid's.
@@ -96,27 +104,132 @@ def load_inception(weights: Optional[str] = None, device: torch.device | str = "
     model.fc = fc  # a registered child, moved with .to(); InceptionV3.forward ignores it
     model.fc_is_zero = not bool(fc.weight.any())
     model.weights_source = source
-    return model.to(device).eval()
+    # the reference first convolution's weights identify the detector (the real-statistics cache key)
+    model.detector_id = hashlib.sha1(sd["Conv2d_1a_3x3.conv.weight"].numpy().tobytes()).hexdigest()[:12]
+    model.eval()  # folded on the CPU (in float64), then moved
+    if chunk is None:
+        chunk = FAST_CHUNK if torch.device(device).type == "cpu" else 0
+    return (FastInception(model, chunk=chunk, bf16=bf16) if fast else model).to(device)
 
 
-def to_inception_input(images: torch.Tensor) -> torch.Tensor:
+def to_inception_input(images: torch.Tensor, expand: bool = True) -> torch.Tensor:
     """[B, C, H, W] images (uint8, or floats in [0, 1]; C = 1 or 3) -> 3-channel float32 in [0, 1]
-    quantised as a PNG would be: the same pixels pytorch-fid reads from PNG files."""
+    quantised as a PNG would be: the same pixels pytorch-fid reads from PNG files. `expand=False`
+    leaves grey images with their one channel (for `FastInception`)."""
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise MetricsError(f"images must be [B, 1 or 3, H, W], got {list(images.shape)}")
     if images.dtype != torch.uint8:
         # Round as torchvision.utils.save_image does, so saved-then-read samples match too.
         images = images.float().mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
     x = images.to(torch.float32).div(255)  # ToTensor's arithmetic, bit for bit
-    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x  # PIL convert("RGB") copies L
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 and expand else x  # PIL convert("RGB") copies L
 
 
-@torch.no_grad()
 def extract_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Pool3 features [B, 2048] float32, on the model's device."""
     device = next(model.parameters()).device
-    x = to_inception_input(images.to(device))
-    return model(x)[0].flatten(1)  # resize to 299 and [-1, 1] scaling happen inside
+    if isinstance(model, FastInception):
+        x = to_inception_input(images.to(device), expand=False)
+        if x.shape[1] == 3 and torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2]):
+            x = x[:, :1]  # grey stored as RGB (e.g. PNGs read with convert("RGB")): one channel suffices
+        with torch.inference_mode():
+            feats = model(x)
+        return feats.clone()  # a normal tensor: inference tensors refuse in-place use outside the mode
+    with torch.no_grad():
+        x = to_inception_input(images.to(device))
+        return model(x)[0].flatten(1)  # resize to 299 and [-1, 1] scaling happen inside
+
+
+class _ConvReLU(nn.Module):
+    """torchvision's BasicConv2d (conv without bias, BatchNorm(eps=0.001), ReLU) with the BatchNorm
+    folded into the convolution: conv(x, W * s) + (beta - mean * s), s = gamma / sqrt(var + eps)."""
+
+    def __init__(self, basic: nn.Module):
+        super().__init__()
+        conv, bn = basic.conv, basic.bn
+        s = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                              conv.dilation, conv.groups, bias=True, device=conv.weight.device)
+        with torch.no_grad():
+            self.conv.weight.copy_(conv.weight.double() * s[:, None, None, None])
+            self.conv.bias.copy_(bn.bias.double() - bn.running_mean.double() * s)
+
+    def forward(self, x):
+        return F.relu(self.conv(x), inplace=True)
+
+
+def _fold_batchnorms(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if type(child).__name__ == "BasicConv2d" and hasattr(child, "conv") and hasattr(child, "bn"):
+            setattr(module, name, _ConvReLU(child))
+        else:
+            _fold_batchnorms(child)
+
+
+class FastInception(nn.Module):
+    """pytorch-fid's InceptionV3 pool3 network rebuilt for inference speed, same features up to float
+    rounding (tests/test_fast_inception.py):
+
+    - every BatchNorm folded into its convolution (inference statistics; exact algebra);
+    - the [-1, 1] scaling folded into the first convolution (it has no padding, so exact algebra):
+      conv(2x - 1, W) + b = conv(x, 2W) + (b - sum W);
+    - grey input ([B, 1, H, W]) goes through a first convolution with its three input channels' weights
+      summed: the three equal channels pytorch-fid feeds give the same sums;
+    - channels_last tensors and weights (oneDNN's preferred layout on CPU, tensor cores' on GPU), the
+      resize to 299 done once per chunk straight into that layout, `chunk` images per forward (0: all);
+    - optional bf16 autocast (off by default: see docs/performance.md, "FID speed").
+
+    Input: floats in [0, 1] ([B, 1 or 3, H, W]), as `to_inception_input(..., expand=False)` gives.
+    Output: pool3 features [B, 2048] float32. Use under torch.inference_mode (extract_features does).
+    """
+
+    def __init__(self, reference: nn.Module, chunk: int = FAST_CHUNK, bf16: bool = False):
+        super().__init__()
+        blocks = copy.deepcopy(reference.blocks)
+        _fold_batchnorms(blocks)
+        first = blocks[0][0].conv  # Conv2d_1a_3x3: 3 -> 32, 3x3, stride 2, no padding
+        assert first.padding == (0, 0) and first.in_channels == 3
+        w, b = first.weight.detach().double(), first.bias.detach().double()
+        self.rgb_first = nn.Conv2d(3, first.out_channels, first.kernel_size, first.stride, bias=True,
+                                   device=w.device)
+        self.grey_first = nn.Conv2d(1, first.out_channels, first.kernel_size, first.stride, bias=True,
+                                    device=w.device)
+        with torch.no_grad():
+            self.rgb_first.weight.copy_(2 * w)
+            self.grey_first.weight.copy_(2 * w.sum(1, keepdim=True))
+            self.rgb_first.bias.copy_(b - w.sum((1, 2, 3)))
+            self.grey_first.bias.copy_(b - w.sum((1, 2, 3)))
+        self.body = nn.Sequential(*list(blocks[0])[1:], *blocks[1:])  # ends with the 1x1 average pool
+        self.fc = reference.fc
+        self.fc_is_zero, self.weights_source = reference.fc_is_zero, reference.weights_source
+        self.detector_id = reference.detector_id
+        self.chunk, self.bf16 = chunk, bf16
+        self.channels_last = True  # bench/inception_forward.py turns it off to measure its gain
+        self.requires_grad_(False)
+        self.eval()
+        self.to(memory_format=torch.channels_last)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = x.contiguous(memory_format=layout)
+        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        x = x.contiguous(memory_format=layout)  # a no-op unless interpolate changed the layout
+        x = F.relu(self.grey_first(x) if x.shape[1] == 1 else self.rgb_first(x), inplace=True)
+        if self.bf16:
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                x = self.body(x)
+            x = x.float()
+        else:
+            x = self.body(x)
+        return x.flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise MetricsError(f"FastInception takes [B, 1 or 3, H, W] images, got {list(x.shape)}")
+        x = x.to(torch.float32)
+        if self.chunk <= 0 or len(x) <= self.chunk:
+            return self._forward(x)
+        return torch.cat([self._forward(part) for part in x.split(self.chunk)])
 
 
 def load_imagenet_classifier(weights: str, device: torch.device | str = "cpu") -> nn.Module:
