@@ -105,7 +105,7 @@ def test_compare_caches_each_set(tmp_path, monkeypatch, data_root):
     def no_features(*a, **k):
         raise AssertionError("features computed although cached")
 
-    monkeypatch.setattr(ev.Evaluator, "_features", no_features)
+    monkeypatch.setattr(ev.Evaluator, "features", no_features)
     again = compare_image_sets(*dirs, overrides)
     for key in ("fid", "kid", "precision", "recall"):
         assert again[key] == pytest.approx(first[key], rel=1e-12), key
