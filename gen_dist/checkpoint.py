@@ -85,6 +85,15 @@ def load(path: str | Path) -> dict:
     return state
 
 
+def nonfinite_tensors(tree, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in a (nested) state dict that hold a NaN or an inf."""
+    if isinstance(tree, dict):
+        return [n for k, v in tree.items() for n in nonfinite_tensors(v, f"{prefix}{k}.")]
+    if isinstance(tree, torch.Tensor) and tree.is_floating_point() and not torch.isfinite(tree).all():
+        return [prefix[:-1]]
+    return []
+
+
 def list_steps(folder: Path) -> list[Path]:
     """Step checkpoints in a folder, newest first."""
     if not folder.is_dir():

@@ -116,6 +116,8 @@ class TrainConfig:
     checkpoint_every: int = 1000  # steps between checkpoints (and at the end)
     keep_checkpoints: int = 2  # newest step checkpoints kept (best is kept apart)
     progress_bar: bool = True  # tqdm bar on the main process
+    nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop (exit 3, nothing saved) | skip (no update that step)
+    nonfinite_patience: int = 10  # nonfinite=skip: stop (exit 3) after this many skipped steps in a row
 
 
 @dataclass
@@ -225,6 +227,7 @@ CHOICES = {
     "loss.adv_weight": ("fixed", "adaptive"),
     "loss.similarity": ("pixel", "learned", "both"),
     "train.mixed_precision": (None, "no", "bf16", "fp16"),
+    "train.nonfinite": ("stop", "skip"),
     "tracking.mode": ("auto", "online", "offline"),
 }
 
@@ -309,6 +312,7 @@ def validate(cfg: Config, training: bool = True) -> None:
             raise ConfigError(f"bad value {key}={value!r}: choose one of {shown}")
     positive = ["train.batch_size", "train.n_critic", "train.grad_accum", "train.log_every",
                 "train.sample_every", "train.checkpoint_every", "train.keep_checkpoints",
+                "train.nonfinite_patience",
                 "eval.batch_size", "data.image_size", "model.latent_dim"]
     for key in positive:
         if _get(cfg, key) < 1:

@@ -60,6 +60,7 @@ def state_of(t) -> dict:
         "ema": t.ema.state_dict() if t.ema is not None else None,
         "rng": rng, "best": t.best, "wandb_run_id": t.run_id, "config": to_dict(t.cfg),
         "collapse": t.collapse.state_dict(), "loss_history": t.loss_history,
+        "nonfinite_skipped": t.nonfinite_skipped,
         # per-rank remedy state (the replay buffers): every rank's, like the RNG states (collective)
         "remedies": {name: e.gather_object(obj.state_dict()) for name, obj in remedy_state(t.phases).items()},
     }
@@ -75,9 +76,19 @@ def seed_format(state: dict, ema, metric: dict | None) -> dict:
 
 
 # --- saving -------------------------------------------------------------------------------------
+def check_finite(t, state: dict, what: str) -> None:
+    """Nothing non-finite is written: weights with a NaN/inf stop the run (exit 3) before any file is
+    touched, so the healthy checkpoints stay and are not rotated out. The weights are the same on every
+    rank (DDP, or gathered), so every rank decides alike."""
+    bad = ckpt.nonfinite_tensors({"G": state["models"]["G"], "D": state["models"]["D"], "ema": state["ema"]})
+    if bad:
+        raise t._nonfinite_error(f"non-finite weights ({', '.join(bad[:3])}) at step {t.step}, not saved as {what}")
+
+
 def save_checkpoint(t) -> None:
     """step_*.pt (a folder under DeepSpeed), the oldest pruned; final.pt after the last step."""
     state, e = state_of(t), t.engine
+    check_finite(t, state, "a step checkpoint")
     if e.deepspeed is not None:  # every rank writes its partitions into one folder, renamed when whole
         dss.save_checkpoint(e, engines_of(t), state, ckpt.step_path(t.ckpt_dir, t.step, deepspeed=True))
     elif e.is_main:
@@ -91,6 +102,7 @@ def save_checkpoint(t) -> None:
 def save_best(t) -> None:
     """best.pt (seed format) and best_state.pt (a resume state) for the model ``t.best`` describes."""
     state = state_of(t)
+    check_finite(t, state, "best.pt")
     if t.engine.is_main:
         ckpt.atomic_save(seed_format(state, t.ema, t.best), t.ckpt_dir / "best.pt")
         ckpt.atomic_save(state, t.ckpt_dir / "best_state.pt")
@@ -127,6 +139,7 @@ def restore(t) -> None:
     t.best, t.run_id = state["best"], state["wandb_run_id"]
     t.collapse.load_state_dict(state["collapse"])
     t.loss_history = state["loss_history"]
+    t.nonfinite_skipped = state.get("nonfinite_skipped", 0)
     for name, obj in remedy_state(t.phases).items():  # a new world size starts them empty
         saved = state.get("remedies", {}).get(name)
         if saved is not None and state["world_size"] == e.world:
