@@ -111,6 +111,7 @@ class TrainConfig:
     mixed_precision: Optional[str] = None  # no | bf16 | fp16; null = what the launcher says
     ema_decay: float = 0.0  # EMA of the generator / VAE weights (0 = off, e.g. 0.999)
     resume: str = "auto"  # auto (latest checkpoint in run.dir) | a checkpoint path | none
+    overwrite: bool = False  # resume=auto finding outputs but nothing to resume: move them to run.dir/previous_<time>/
     log_every: int = 10  # steps between metrics.jsonl / W&B scalar rows
     sample_every: int = 500  # steps between sample grids (and at the end)
     checkpoint_every: int = 1000  # steps between checkpoints (and at the end)

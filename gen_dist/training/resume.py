@@ -15,6 +15,7 @@ from pathlib import Path
 from gen_dist import checkpoint as ckpt
 from gen_dist.config import to_dict
 from gen_dist.distributed import deepspeed as dss
+from gen_dist.errors import CheckpointError
 from gen_dist.tracking import truncate_metrics
 
 
@@ -109,6 +110,40 @@ def save_best(t) -> None:
 
 
 # --- resuming -----------------------------------------------------------------------------------
+PREVIOUS_PREFIX = "previous_"  # train.overwrite=true moves a run's old outputs into run.dir/previous_<time>/
+
+
+def run_outputs(run_dir: Path) -> list[Path]:
+    """What a run wrote into run.dir that a new run would overwrite or append to."""
+    found = [run_dir / "metrics.jsonl"] if (run_dir / "metrics.jsonl").is_file() else []
+    ckpts = run_dir / "checkpoints"
+    if ckpts.is_dir():
+        found += sorted(p for p in ckpts.iterdir() if not p.name.startswith("."))
+    return found
+
+
+def start_afresh(t) -> None:
+    """train.resume=auto found nothing to resume from: a run.dir holding another run's outputs is never
+    overwritten silently (exit 2 naming it and the choices); train.overwrite=true moves them aside."""
+    e = t.engine
+    outputs = run_outputs(t.run_dir)
+    e.barrier()  # every rank has looked before anything moves
+    if outputs and not t.cfg.train.overwrite:
+        raise CheckpointError(f"run.dir '{t.run_dir}' holds a run's outputs ({', '.join(p.name for p in outputs[:4])}) "
+                              "but no intact checkpoint to resume from: choose a fresh run.dir (with train.resume=none), "
+                              "or train.overwrite=true to move the old outputs into a previous_<time> subfolder")
+    if outputs and e.is_main:
+        import time
+
+        aside = t.run_dir / f"{PREVIOUS_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}"
+        aside.mkdir()
+        for item in t.run_dir.iterdir():
+            if item != aside and not item.name.startswith(PREVIOUS_PREFIX):
+                item.rename(aside / item.name)
+        print(f"gen_dist: train.overwrite=true: moved the previous outputs of {t.run_dir} to {aside}", flush=True)
+    e.barrier()
+
+
 def restore(t) -> None:
     """train.resume: none, auto (the latest valid checkpoint of the run, if any) or a path."""
     mode = t.cfg.train.resume
@@ -116,7 +151,13 @@ def restore(t) -> None:
         return
     if mode == "auto":
         found = ckpt.latest_valid(t.ckpt_dir)
+        if found is None and (t.ckpt_dir / "best_state.pt").is_file():  # the best intact state there is
+            try:
+                found = t.ckpt_dir / "best_state.pt", ckpt.load(t.ckpt_dir / "best_state.pt")
+            except CheckpointError as e:
+                warnings.warn(f"skipping {e}", stacklevel=2)
         if found is None:
+            start_afresh(t)
             return
         path, state = found
     else:
