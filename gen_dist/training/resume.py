@@ -15,6 +15,7 @@ from pathlib import Path
 from gen_dist import checkpoint as ckpt
 from gen_dist.config import to_dict
 from gen_dist.distributed import deepspeed as dss
+from gen_dist.distributed.engine import LOCK_FILE
 from gen_dist.errors import CheckpointError
 from gen_dist.tracking import truncate_metrics
 
@@ -138,7 +139,7 @@ def start_afresh(t) -> None:
         aside = t.run_dir / f"{PREVIOUS_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}"
         aside.mkdir()
         for item in t.run_dir.iterdir():
-            if item != aside and not item.name.startswith(PREVIOUS_PREFIX):
+            if item != aside and not item.name.startswith(PREVIOUS_PREFIX) and item.name != LOCK_FILE:
                 item.rename(aside / item.name)
         print(f"gen_dist: train.overwrite=true: moved the previous outputs of {t.run_dir} to {aside}", flush=True)
     e.barrier()

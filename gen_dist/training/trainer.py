@@ -45,6 +45,7 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.engine = e = engine if engine is not None else Engine(cfg.train.mixed_precision, cfg.seed)
         self.kind = cfg.model.kind
+        e.lock_run_dir(self.run_dir)  # before anything reads or writes run.dir
 
         # data: each node's main process first, so only it downloads or writes shards
         with e.accelerator.local_main_process_first():
