@@ -44,3 +44,14 @@ def test_auto_without_step_checkpoint_resumes_best_state_or_refuses(data_root, t
     assert (aside[0] / "checkpoints" / "final.pt").read_bytes() == before[run / "checkpoints" / "final.pt"]
     assert [r["step"] for r in read_metrics(run)][0] == 1 and ckpt.load(ckpt.list_steps(run / "checkpoints")[0])["step"] == 2
     assert best_step >= 2
+
+
+def test_torn_last_metrics_line_is_dropped_on_resume(data_root, tmp_path):
+    run = tmp_path / "run"
+    train(data_root, 1, *ARGS, f"run.dir={run}", "train.max_steps=4", "eval.every=0")
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "loss/vae": 12')  # the process died mid-write
+    proc = train(data_root, 1, *ARGS, f"run.dir={run}", "train.max_steps=6", "eval.every=0")
+    assert "resumed from" in proc.stdout and "not complete JSON" in proc.stderr, proc.stderr[-2000:]
+    rows = read_metrics(run)  # every line parses again
+    assert rows[-1]["step"] == 6
