@@ -55,3 +55,14 @@ def test_torn_last_metrics_line_is_dropped_on_resume(data_root, tmp_path):
     assert "resumed from" in proc.stdout and "not complete JSON" in proc.stderr, proc.stderr[-2000:]
     rows = read_metrics(run)  # every line parses again
     assert rows[-1]["step"] == 6
+
+
+def test_optimizer_overrides_win_on_resume(data_root, tmp_path):
+    run = tmp_path / "run"
+    train(data_root, 1, *ARGS, f"run.dir={run}", "train.max_steps=2", "eval.every=0")
+    proc = train(data_root, 1, *ARGS, f"run.dir={run}", "train.max_steps=4", "eval.every=0", "optim.g.lr=0.000123",
+                 "optim.g.betas=[0.9,0.99]")
+    assert "resumed optimizer settings replaced by the config" in proc.stdout and "0.000123" in proc.stdout
+    assert [r["lr/G"] for r in read_metrics(run) if r["step"] > 2 and "lr/G" in r] == [0.000123, 0.000123]
+    group = ckpt.load(ckpt.list_steps(run / "checkpoints")[0])["optimizers"]["G"]["param_groups"][0]
+    assert group["lr"] == 0.000123 and tuple(group["betas"]) == (0.9, 0.99)

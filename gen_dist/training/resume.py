@@ -145,6 +145,25 @@ def start_afresh(t) -> None:
     e.barrier()
 
 
+def apply_optimizer_config(t) -> None:
+    """The config wins over a resumed optimizer state: lr, betas and weight_decay of optim.g / optim.d are
+    set on every param group (config.yaml records these values), and one line says what changed."""
+    changed = []
+    for name, opt, c in (("g", t.opt_g, t.cfg.optim.g), ("d", t.opt_d, t.cfg.optim.d)):
+        inner = getattr(opt, "optimizer", opt)  # Accelerate's wrapper, a DeepSpeed engine's optimizer
+        if inner is None or not hasattr(inner, "param_groups"):
+            continue
+        want = {"lr": float(c.lr), "betas": tuple(float(b) for b in c.betas), "weight_decay": float(c.weight_decay)}
+        for group in inner.param_groups:
+            for key, value in want.items():
+                if key in group and (tuple(group[key]) if key == "betas" else group[key]) != value:
+                    changed.append(f"optim.{name}.{key} {group[key]} -> {value}")
+                    group[key] = value
+    if changed and t.engine.is_main:
+        print(f"gen_dist: resumed optimizer settings replaced by the config: {', '.join(dict.fromkeys(changed))}",
+              flush=True)
+
+
 def restore(t) -> None:
     """train.resume: none, auto (the latest valid checkpoint of the run, if any) or a path."""
     mode = t.cfg.train.resume
@@ -173,6 +192,7 @@ def restore(t) -> None:
         if t.D is not None:
             e.unwrap(t.D).load_state_dict(state["models"]["D"])
             t.opt_d.load_state_dict(state["optimizers"]["D"])
+    apply_optimizer_config(t)
     if state["scaler"] is not None and e.scaler is not None:
         e.scaler.load_state_dict(state["scaler"])
     if t.ema is not None and state["ema"] is not None:
