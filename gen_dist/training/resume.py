@@ -93,21 +93,42 @@ def save_checkpoint(t) -> None:
     check_finite(t, state, "a step checkpoint")
     if e.deepspeed is not None:  # every rank writes its partitions into one folder, renamed when whole
         dss.save_checkpoint(e, engines_of(t), state, ckpt.step_path(t.ckpt_dir, t.step, deepspeed=True))
-    elif e.is_main:
-        ckpt.atomic_save(state, ckpt.step_path(t.ckpt_dir, t.step))
-    if e.is_main:
-        ckpt.prune(t.ckpt_dir, t.cfg.train.keep_checkpoints)
+
+    def write():
+        if e.deepspeed is None:
+            ckpt.atomic_save(state, ckpt.step_path(t.ckpt_dir, t.step))
+        ckpt.prune(t.ckpt_dir, t.cfg.train.keep_checkpoints)  # only after the new one is whole
         if t.step == t.max_steps:  # the last model in the seed's format, for inference
             ckpt.atomic_save(seed_format(state, t.ema, None), t.ckpt_dir / "final.pt")
+
+    main_writes(e, write)
+
+
+def main_writes(e, write) -> None:
+    """The main process writes; a failed write (a full disk) stops every rank with its one line (exit 2)."""
+    problem = None
+    if e.is_main:
+        try:
+            write()
+        except CheckpointError as err:
+            problem = str(err)
+    problem = e.gather_object(problem)[0]
+    if problem:
+        err = CheckpointError(problem)
+        err.quiet = not e.is_main  # the main process says it
+        raise err
 
 
 def save_best(t) -> None:
     """best.pt (seed format) and best_state.pt (a resume state) for the model ``t.best`` describes."""
     state = state_of(t)
     check_finite(t, state, "best.pt")
-    if t.engine.is_main:
+
+    def write():
         ckpt.atomic_save(seed_format(state, t.ema, t.best), t.ckpt_dir / "best.pt")
         ckpt.atomic_save(state, t.ckpt_dir / "best_state.pt")
+
+    main_writes(t.engine, write)
 
 
 # --- resuming -----------------------------------------------------------------------------------
@@ -167,6 +188,11 @@ def apply_optimizer_config(t) -> None:
 def restore(t) -> None:
     """train.resume: none, auto (the latest valid checkpoint of the run, if any) or a path."""
     mode = t.cfg.train.resume
+    if t.engine.is_main:
+        stale = ckpt.remove_stale_temps(t.ckpt_dir)
+        if stale:
+            print(f"gen_dist: removed {len(stale)} temporary file(s) of unfinished saves from {t.ckpt_dir}: "
+                  f"{', '.join(stale[:3])}", flush=True)
     if mode == "none":
         return
     if mode == "auto":
