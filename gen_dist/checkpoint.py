@@ -76,7 +76,10 @@ def atomic_save(obj, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a read-only folder: there is no temporary file to remove
+            pass
         cause = e  # torch's zip writer may report the OSError as the context of its own RuntimeError
         while cause is not None and not isinstance(cause, OSError):
             cause = cause.__cause__ or cause.__context__

@@ -213,10 +213,23 @@ def restore(t) -> None:
     if e.deepspeed is not None:
         dss.load(engines_of(t), Path(state["deepspeed_folder"]))
     else:
-        e.unwrap(t.G).load_state_dict(state["models"]["G"])
+        for part, model in (("G", t.G), ("D", t.D)):
+            if model is None:
+                continue
+            if state["models"].get(part) is None:
+                raise CheckpointError(f"checkpoint '{path}' has no {part} (another model.kind): resume it with its own "
+                                      "config, or start afresh with train.resume=none in a fresh run.dir")
+            try:
+                e.unwrap(model).load_state_dict(state["models"][part])
+            except RuntimeError as err:
+                saved = state.get("config", {}).get("model", {})
+                detail = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln or "key" in ln),
+                              str(err).splitlines()[0])[:160]
+                raise CheckpointError(f"checkpoint '{path}' holds another {part} than this config builds ({detail}; "
+                                      f"it was trained with {', '.join(f'model.{k}={saved[k]}' for k in ('generator', 'discriminator', 'g_width', 'd_width', 'latent_dim', 'hidden_dim') if k in saved)}): "
+                                      "use those values, or a fresh run.dir with train.resume=none") from None
         t.opt_g.load_state_dict(state["optimizers"]["G"])
         if t.D is not None:
-            e.unwrap(t.D).load_state_dict(state["models"]["D"])
             t.opt_d.load_state_dict(state["optimizers"]["D"])
     apply_optimizer_config(t)
     if state["scaler"] is not None and e.scaler is not None:
