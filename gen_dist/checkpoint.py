@@ -10,6 +10,7 @@ runs code when read.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
@@ -49,13 +50,47 @@ def finish_folder(state: dict, staging: Path, path: Path) -> None:
         os.close(fd)
 
 
+TEMP_FILE = re.compile(r"^\..+\.tmp\d*$")  # atomic_save's and staging_dir's names while being written
+
+
+def remove_stale_temps(folder: Path) -> list[str]:
+    """Temporary files or step folders a killed or failed save left behind (run.dir is locked: no other
+    run is writing them)."""
+    removed = []
+    if folder.is_dir():
+        for item in folder.iterdir():
+            if TEMP_FILE.match(item.name):
+                shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink(missing_ok=True)
+                removed.append(item.name)
+    return removed
+
+
 def atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``obj`` to ``path`` or not at all: a failed write (a full disk, a read-only folder) removes
+    its temporary file, leaves the previous files as they were and raises a one-line CheckpointError."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a read-only folder: there is no temporary file to remove
+            pass
+        cause = e  # torch's zip writer may report the OSError as the context of its own RuntimeError
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        if cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            why = "no space left on the device"
+        else:
+            why = cause.strerror or type(cause).__name__
+        raise CheckpointError(f"cannot write checkpoint '{path}' ({why}): free space or make {path.parent} "
+                              "writable, then resume (train.resume=auto); the previous checkpoints are intact") from None
     os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the whole new one
     fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -83,6 +118,15 @@ def load(path: str | Path) -> dict:
                               f"{state.get('format') if isinstance(state, dict) else type(state).__name__}): "
                               f"pass a step_*.pt file from a run's checkpoints/ folder")
     return state
+
+
+def nonfinite_tensors(tree, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in a (nested) state dict that hold a NaN or an inf."""
+    if isinstance(tree, dict):
+        return [n for k, v in tree.items() for n in nonfinite_tensors(v, f"{prefix}{k}.")]
+    if isinstance(tree, torch.Tensor) and tree.is_floating_point() and not torch.isfinite(tree).all():
+        return [prefix[:-1]]
+    return []
 
 
 def list_steps(folder: Path) -> list[Path]:

@@ -7,6 +7,7 @@ value outside its choices is a `ConfigError` (exit 2 in the launchers) naming th
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -111,11 +112,14 @@ class TrainConfig:
     mixed_precision: Optional[str] = None  # no | bf16 | fp16; null = what the launcher says
     ema_decay: float = 0.0  # EMA of the generator / VAE weights (0 = off, e.g. 0.999)
     resume: str = "auto"  # auto (latest checkpoint in run.dir) | a checkpoint path | none
+    overwrite: bool = False  # resume=auto finding outputs but nothing to resume: move them to run.dir/previous_<time>/
     log_every: int = 10  # steps between metrics.jsonl / W&B scalar rows
     sample_every: int = 500  # steps between sample grids (and at the end)
     checkpoint_every: int = 1000  # steps between checkpoints (and at the end)
     keep_checkpoints: int = 2  # newest step checkpoints kept (best is kept apart)
     progress_bar: bool = True  # tqdm bar on the main process
+    nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop (exit 3, nothing saved) | skip (no update that step)
+    nonfinite_patience: int = 10  # nonfinite=skip: stop (exit 3) after this many skipped steps in a row
 
 
 @dataclass
@@ -226,6 +230,7 @@ CHOICES = {
     "loss.adv_weight": ("fixed", "adaptive"),
     "loss.similarity": ("pixel", "learned", "both"),
     "train.mixed_precision": (None, "no", "bf16", "fp16"),
+    "train.nonfinite": ("stop", "skip"),
     "tracking.mode": ("auto", "online", "offline"),
 }
 
@@ -252,8 +257,11 @@ def _explain(err: OmegaConfBaseException, schema: DictConfig) -> str:
     return f"bad config ({key}): {str(err).splitlines()[0]}"
 
 
-def _load_yaml_chain(file: Path, seen: tuple = ()) -> list:
+def _load_yaml_chain(file: Path, seen: tuple = (), included_by: Path | None = None) -> list:
     """A config file may name a `base:` file (relative to itself) whose values it overrides."""
+    if not file.is_file() and included_by is not None:
+        raise ConfigError(f"config file '{file}' named by 'base:' in '{included_by}' not found: fix the base path "
+                          "(relative to the including file)")
     if not file.is_file():
         raise ConfigError(f"config file '{file}' not found: pass --config configs/<run>.yaml")
     if file.resolve() in seen:
@@ -262,10 +270,13 @@ def _load_yaml_chain(file: Path, seen: tuple = ()) -> list:
         layer = OmegaConf.load(file)
     except Exception as e:  # YAML syntax
         raise ConfigError(f"config file '{file}' is not valid YAML ({str(e).splitlines()[0]}): fix its syntax")
+    if not isinstance(layer, DictConfig) or not layer:
+        raise ConfigError(f"config file '{file}' is {'empty' if not layer else 'not a mapping of keys'}: "
+                          "write sections like 'train: {max_steps: 100}'")
     base = layer.pop("base", None)
     if base is None:
         return [layer]
-    return _load_yaml_chain(file.parent / str(base), seen + (file.resolve(),)) + [layer]
+    return _load_yaml_chain(file.parent / str(base), seen + (file.resolve(),), file) + [layer]
 
 
 def load_config(path: str | None, overrides: list[str] | None = None, base: dict | None = None,
@@ -310,6 +321,7 @@ def validate(cfg: Config, training: bool = True) -> None:
             raise ConfigError(f"bad value {key}={value!r}: choose one of {shown}")
     positive = ["train.batch_size", "train.n_critic", "train.grad_accum", "train.log_every",
                 "train.sample_every", "train.checkpoint_every", "train.keep_checkpoints",
+                "train.nonfinite_patience",
                 "eval.batch_size", "data.image_size", "model.latent_dim"]
     for key in positive:
         if _get(cfg, key) < 1:
@@ -322,6 +334,13 @@ def validate(cfg: Config, training: bool = True) -> None:
                 "data.num_workers", "train.grad_clip", "loss.gp_weight", "loss.beta", "eval.classifier_limit"]:
         if _get(cfg, key) < 0:
             raise ConfigError(f"bad value {key}={_get(cfg, key)}: it must not be negative")
+    for key in ["optim.g.lr", "optim.d.lr", "optim.g.weight_decay", "optim.d.weight_decay", "loss.beta"]:
+        if not math.isfinite(_get(cfg, key)) or _get(cfg, key) < 0:
+            raise ConfigError(f"bad value {key}={_get(cfg, key)}: it must be a finite number, not negative")
+    for key in ["optim.g.betas", "optim.d.betas"]:
+        betas = _get(cfg, key)
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ConfigError(f"bad value {key}={list(betas)}: Adam needs two betas, each in [0, 1), e.g. [0.5, 0.999]")
     if training and cfg.train.max_steps == 0 and cfg.train.epochs == 0:
         raise ConfigError("no training length: set train.max_steps=N or train.epochs=N")
     if not 0.0 <= cfg.eval.coverage_alarm <= 1.0:

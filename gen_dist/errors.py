@@ -17,3 +17,14 @@ class DataError(UserError, ValueError):
 
 class CheckpointError(UserError, ValueError):
     """A checkpoint that is missing, damaged or from another run."""
+
+
+class NonFiniteError(UserError):
+    """A non-finite loss, gradient or weight: the run stopped without saving it (exit status 3).
+    ``quiet``: another rank prints the same line (every rank raises it at the same step)."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, quiet: bool = False):
+        super().__init__(message)
+        self.quiet = quiet

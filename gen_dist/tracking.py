@@ -43,7 +43,23 @@ def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for _, row in _rows(path)]
+
+
+def _rows(path: Path, warn: bool = False) -> list[tuple[str, dict]]:
+    """(line, row) for each line of a metrics file; a line that is not JSON (a torn last line: the
+    process died mid-write) is dropped, with a warning when ``warn``."""
+    out = []
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((line, json.loads(line)))
+        except json.JSONDecodeError:
+            if warn:
+                warnings.warn(f"{path}: line {n} is not complete JSON (a write cut short), dropped: {line[:60]!r}",
+                              stacklevel=3)
+    return out
 
 
 def truncate_metrics(run_dir: Path, step: int) -> None:
@@ -51,8 +67,7 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [r for r in rows if json.loads(r).get("step", 0) <= step]
+    kept = [line for line, row in _rows(path, warn=True) if row.get("step", 0) <= step]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(r + "\n" for r in kept))
     tmp.replace(path)

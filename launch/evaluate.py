@@ -44,9 +44,22 @@ def print_table(metrics: dict) -> None:
         print(f"{key:<{width}}  {shown}")
 
 
+def check_args(args) -> None:
+    """What can be checked before anything is loaded (the evaluation may take long)."""
+    if args.num_samples is not None and args.num_samples < 1:
+        raise UserError(f"--num-samples {args.num_samples}: ask for at least 1 sample")
+    if args.out:
+        out = Path(args.out)
+        if out.is_dir():
+            raise UserError(f"--out '{args.out}' is a folder: name a JSON file, e.g. --out {out / 'eval.json'}")
+        if not out.parent.is_dir():
+            raise UserError(f"--out '{args.out}': the folder '{out.parent}' does not exist: create it or choose another")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        check_args(args)
         from gen_dist.evaluation.offline import compare_image_sets, evaluate_checkpoint
 
         if args.compare:

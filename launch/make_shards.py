@@ -32,12 +32,14 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = _Parser(description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--verify", metavar="DIR", help="check the shards in DIR against its manifest's sizes and "
+                   "sha256 (exit 2 naming each damaged shard); writes nothing")
+    p.add_argument("--dataset", choices=DATASETS)
     p.add_argument("--split", default="train", choices=("train", "test"))
     p.add_argument("--root", default=os.environ.get("GEN_DIST_DATA"),
                    help="folder holding the torchvision layout (MNIST/raw, ...) or the image folder "
                         "(default: $GEN_DIST_DATA)")
-    p.add_argument("--out", required=True, help="output folder for the shards and manifest.json")
+    p.add_argument("--out", help="output folder for the shards and manifest.json")
     p.add_argument("--samples-per-shard", type=int, default=10000)
     p.add_argument("--format", default="npy", choices=ENCODINGS,
                    help="npy: raw uint8, fastest to read (default); png: smaller files")
@@ -49,13 +51,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    if args.verify:
+        return args
+    if not args.dataset or not args.out:
+        p.error("--dataset and --out are required (or --verify DIR)")
     if not args.root and args.dataset != "dsprites":  # dsprites is drawn, not read
         p.error("--root is required (or set GEN_DIST_DATA): the folder that holds the dataset")
     return args
 
 
+def verify(folder: str) -> int:
+    """--verify DIR: every shard's size and sha256 against DIR/manifest.json."""
+    from gen_dist.data.shards import resolve_shards, verify_checksums
+
+    try:
+        shard_set = resolve_shards(os.path.join(folder, "manifest.json"), count=False)
+    except UserError as e:
+        print(f"make_shards: error: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
+    bad = verify_checksums(shard_set)
+    unchecked = sum(1 for s in shard_set.shards if not s.sha256)
+    for shard, problem in bad:
+        print(f"make_shards: error: shard {shard.url} {problem}: restore it or rewrite the shards", file=sys.stderr)
+    if bad:
+        return 2
+    print(f"{len(shard_set.shards) - unchecked} shards in {folder} match their manifest's sha256"
+          + (f" ({unchecked} without a checksum)" if unchecked else ""))
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.verify:
+        return verify(args.verify)
     t0 = time.perf_counter()
     try:
         if args.dataset == "dsprites":

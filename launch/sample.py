@@ -57,6 +57,11 @@ def check_args(args) -> None:
     is_png = args.out.lower().endswith(".png")
     if one_file and not is_png:
         raise UserError(f"--out '{args.out}' must name a .png file for a grid or a strip: e.g. --out samples.png")
+    if one_file and os.path.isdir(args.out):
+        raise UserError(f"--out '{args.out}' is an existing folder, not a .png file: choose a file name")
+    if not one_file and os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f"--out '{args.out}' is an existing file, not a folder for one PNG per image: "
+                        "choose a folder, or add --grid with a .png name")
     if not one_file and is_png:
         raise UserError(f"--out '{args.out}' is a .png file but --grid is not given: add --grid for one grid "
                         "image, or give a folder for one PNG per image")

@@ -12,7 +12,9 @@
     python launch/train.py --config configs/vaegan_mnist.yaml --print-config
 
 Overrides are dotted key=value pairs (train.max_steps=100 loss.adv_lambda=0.5).
-Exit status: 0 done, 2 bad config or input (a one-line message says what to fix), other: a crash.
+Exit status: 0 done, 2 bad config or input (a one-line message says what to fix), 3 a non-finite loss or
+gradient stopped the run (nothing non-finite saved; the line names the step, phase, loss and the last healthy
+checkpoint), other: a crash.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ def main(argv=None) -> int:
 
         Trainer(cfg).train()
     except UserError as e:
-        print(f"gen_dist: error: {e}", file=sys.stderr, flush=True)
+        if not getattr(e, "quiet", False):  # a non-finite loss: every rank stops, the main one says why
+            print(f"gen_dist: error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
     return 0
 

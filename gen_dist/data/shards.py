@@ -74,6 +74,7 @@ class Shard:
     url: str  # a local path or a URL webdataset's gopen opens (pipe:, http(s)://, fsspec schemes)
     samples: int
     nbytes: int = -1  # from the manifest; -1 = unknown
+    sha256: str = ""  # from the manifest; "" = unknown
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,8 @@ def _from_manifest(path: str, names: Sequence[str] | None = None) -> ShardSet:
     base = path[: path.rfind("/") + 1] if _is_url(path) else os.path.dirname(os.path.abspath(path)) + os.sep
     entries = {s["name"]: s for s in m["shards"]}
     chosen = [entries[n] for n in names] if names is not None else m["shards"]
-    shards = tuple(Shard(base + s["name"], s["samples"], int(s.get("bytes", -1))) for s in chosen)
+    shards = tuple(Shard(base + s["name"], s["samples"], int(s.get("bytes", -1)), str(s.get("sha256") or ""))
+                   for s in chosen)
     if not _is_url(path):
         missing = [s.url for s in shards if not os.path.isfile(s.url)]
         if missing:
@@ -206,6 +208,43 @@ def _check_sizes(shard_set: ShardSet, strict: bool) -> None:
             if strict:
                 raise DamagedShardError(msg)
             warnings.warn(msg + "; its damaged samples will be skipped", RuntimeWarning, stacklevel=3)
+
+
+def verify_checksums(shard_set: ShardSet) -> list:
+    """(shard, problem) for each local shard whose size or sha256 differs from its manifest's."""
+    import hashlib
+
+    bad = []
+    for s in shard_set.shards:
+        if _is_url(s.url) or not s.sha256:
+            continue
+        if s.nbytes >= 0 and os.path.getsize(s.url) != s.nbytes:
+            bad.append((s, f"is {os.path.getsize(s.url)} bytes, the manifest says {s.nbytes}"))
+            continue
+        with open(s.url, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        if digest != s.sha256:
+            bad.append((s, f"has sha256 {digest[:12]}..., the manifest says {s.sha256[:12]}..."))
+    return bad
+
+
+def _check_checksums(shard_set: ShardSet, strict: bool) -> tuple[ShardSet, int]:
+    """Shards are verified against the manifest's sha256 when a loader first opens them: a mismatch is
+    damage, like a truncated shard: strict raises naming it; otherwise the shard is left out (warned),
+    and the number of samples left out returned to be counted as skipped."""
+    bad = verify_checksums(shard_set)
+    if not bad:
+        return shard_set, 0
+    msg = (f"shard {bad[0][0].url} {bad[0][1]} (damaged or replaced; {len(bad)} shard(s) in all): restore it "
+           "or rewrite the shards with launch/make_shards.py (check them with launch/make_shards.py --verify DIR)")
+    if strict:
+        raise DamagedShardError(msg)
+    warnings.warn(msg + "; left out of training", RuntimeWarning, stacklevel=3)
+    urls = {s.url for s, _ in bad}
+    kept = tuple(s for s in shard_set.shards if s.url not in urls)
+    if not kept:
+        raise DamagedShardError(msg + "; no intact shard is left")
+    return ShardSet(kept, shard_set.shape, shard_set.manifest), sum(s.samples for s, _ in bad)
 
 
 # ----------------------------------------------------------------------------- reading shards
@@ -418,7 +457,7 @@ class ShardLoader:
         if not (0 <= rank < world_size) or batch_size < 1 or num_workers < 0:
             raise ShardError(f"bad loader arguments rank={rank} world_size={world_size} batch_size={batch_size} "
                              f"num_workers={num_workers}: need 0 <= rank < world_size, batch_size >= 1")
-        self.shard_set = resolve_shards(shards)
+        self.shard_set, left_out = _check_checksums(resolve_shards(shards), strict)
         _check_sizes(self.shard_set, strict)
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.num_workers, self.streams = num_workers, max(1, num_workers)
@@ -434,6 +473,8 @@ class ShardLoader:
         self.stats = DataStats(samples_per_epoch=used, dropped_per_epoch=total - used, extra={
             "shards": len(self.shard_set.shards), "samples_total": total, "coverage": used / total,
             "counts_from": self.shard_set.manifest or "reading the shards"})
+        if rank == 0:  # counted once: the trainer sums the ranks' counts
+            self.stats.skipped_damaged += left_out
 
     def batches_per_epoch(self) -> int:
         return sum(s.samples for s in self.shard_set.shards) // (self.batch_size * self.world_size)

@@ -20,6 +20,8 @@ from gen_dist.distributed import deepspeed as dss
 from gen_dist.distributed.launch_env import check_launch_environment, read_launch, want_mixed_precision
 from gen_dist.errors import UserError
 
+LOCK_FILE = "run.lock"  # in run.dir: the host and PID of the run that holds it (flock)
+
 
 class Engine:
     def __init__(self, mixed_precision: str | None, seed: int):
@@ -178,6 +180,35 @@ class Engine:
     def any_rank(self, flag: bool) -> bool:
         """True on every rank if it is true on any: how ranks agree to stop together."""
         return bool(self.reduce_sum(torch.tensor(float(flag), device=self.device)).item() > 0)
+
+    def lock_run_dir(self, run_dir) -> None:
+        """One run per run.dir: the main process holds an exclusive flock on run.dir/run.lock (naming its host
+        and PID) for its lifetime; a second run on the folder exits 2 on every rank, naming the holder."""
+        import fcntl
+        import socket
+        from pathlib import Path
+
+        problem = None
+        self._locks = getattr(self, "_locks", {})  # a study's trainers share this engine: one lock per folder
+        key = str(Path(run_dir).resolve())
+        if self.is_main and key not in self._locks:
+            path = Path(run_dir) / LOCK_FILE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                problem = (f"run.dir '{run_dir}' is in use by another run ({holder}, lock {path}): wait for it, "
+                           "stop it, or choose another run.dir")
+            else:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"host {socket.gethostname()} pid {os.getpid()}\n".encode(), 0)
+                self._locks[key] = fd  # held until the process ends
+        problem = self.gather_object(problem)[0]
+        if problem:
+            raise UserError(problem)
 
     def barrier(self) -> None:
         self.accelerator.wait_for_everyone()

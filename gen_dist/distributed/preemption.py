@@ -8,6 +8,7 @@ finds the marker requeues the job, and the requeued job resumes (``train.resume=
 
 from __future__ import annotations
 
+import os
 import signal
 
 CHECK_EVERY = 5  # steps between the (collective) checks of the flag
@@ -22,14 +23,23 @@ class Preemption:
     SIGNALS = ("SIGUSR1", "SIGTERM")
 
     def __init__(self):
-        self.requested, self.signal_name = False, ""
+        self._requested, self.signal_name = False, ""
+        # under a launcher (accelerate launch, torchrun: LOCAL_RANK is set) a rank whose launcher died is
+        # re-parented: it stops like a preempted one instead of training on, unsupervised, to the end
+        self._parent = os.getppid() if "LOCAL_RANK" in os.environ else None
         self._previous = {}
         for name in self.SIGNALS:
             sig = getattr(signal, name)
             self._previous[sig] = signal.signal(sig, self._handle)
 
+    @property
+    def requested(self) -> bool:
+        if not self._requested and self._parent is not None and os.getppid() != self._parent:
+            self._requested, self.signal_name = True, "the launcher's exit (parent process gone)"
+        return self._requested
+
     def _handle(self, signum, frame) -> None:
-        self.requested, self.signal_name = True, signal.Signals(signum).name
+        self._requested, self.signal_name = True, signal.Signals(signum).name
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():

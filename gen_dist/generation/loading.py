@@ -22,7 +22,17 @@ MACHINE_LOCAL = [("data", "root"), ("data", "shard_cache"), ("eval", "stats_cach
 
 def load_generator_weights(path: str) -> tuple[dict, dict, dict]:
     """(generator state dict, saved config, info) from a resume state (EMA weights when present) or a
-    seed-format export (best.pt / final.pt), or a DeepSpeed run's step folder (its state.pt)."""
+    seed-format export (best.pt / final.pt), or a DeepSpeed run's step folder (its state.pt). Weights
+    with a NaN or an inf are refused (CheckpointError): they would draw blank images."""
+    weights, saved, info = _read_generator_weights(path)
+    bad = ckpt.nonfinite_tensors(weights)
+    if bad:
+        raise CheckpointError(f"checkpoint '{path}' holds non-finite weights ({', '.join(bad[:3])}): the run "
+                              "diverged; pass an earlier checkpoint of it (checkpoints/step_*.pt)")
+    return weights, saved, info
+
+
+def _read_generator_weights(path: str) -> tuple[dict, dict, dict]:
     if Path(path).is_dir() and (Path(path) / ckpt.STATE_FILE).is_file():
         path = str(Path(path) / ckpt.STATE_FILE)
     if not Path(path).is_file():

@@ -15,14 +15,18 @@ from gen_dist.errors import DataError, UserError
 
 def check_run_dir(path: str) -> None:
     run_dir = Path(path)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write_probe.{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"run.dir='{path}' is not writable ({e.strerror or e}): choose a folder you can write, "
-                        "e.g. run.dir=runs/my_run") from None
+    for folder in (run_dir, run_dir / "checkpoints"):  # checkpoints/: when it exists (a resumed run)
+        if folder != run_dir and not folder.is_dir():
+            continue
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".write_probe.{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            name = "run.dir" if folder == run_dir else "the checkpoints folder"
+            raise UserError(f"{name} '{folder}' is not writable ({e.strerror or e}): make it writable or choose a "
+                            "folder you can write, e.g. run.dir=runs/my_run") from None
 
 
 def check_data(cfg: Config) -> None:

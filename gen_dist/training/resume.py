@@ -15,6 +15,8 @@ from pathlib import Path
 from gen_dist import checkpoint as ckpt
 from gen_dist.config import to_dict
 from gen_dist.distributed import deepspeed as dss
+from gen_dist.distributed.engine import LOCK_FILE
+from gen_dist.errors import CheckpointError
 from gen_dist.tracking import truncate_metrics
 
 
@@ -60,6 +62,7 @@ def state_of(t) -> dict:
         "ema": t.ema.state_dict() if t.ema is not None else None,
         "rng": rng, "best": t.best, "wandb_run_id": t.run_id, "config": to_dict(t.cfg),
         "collapse": t.collapse.state_dict(), "loss_history": t.loss_history,
+        "nonfinite_skipped": t.nonfinite_skipped,
         # per-rank remedy state (the replay buffers): every rank's, like the RNG states (collective)
         "remedies": {name: e.gather_object(obj.state_dict()) for name, obj in remedy_state(t.phases).items()},
     }
@@ -75,36 +78,132 @@ def seed_format(state: dict, ema, metric: dict | None) -> dict:
 
 
 # --- saving -------------------------------------------------------------------------------------
+def check_finite(t, state: dict, what: str) -> None:
+    """Nothing non-finite is written: weights with a NaN/inf stop the run (exit 3) before any file is
+    touched, so the healthy checkpoints stay and are not rotated out. The weights are the same on every
+    rank (DDP, or gathered), so every rank decides alike."""
+    bad = ckpt.nonfinite_tensors({"G": state["models"]["G"], "D": state["models"]["D"], "ema": state["ema"]})
+    if bad:
+        raise t._nonfinite_error(f"non-finite weights ({', '.join(bad[:3])}) at step {t.step}, not saved as {what}")
+
+
 def save_checkpoint(t) -> None:
     """step_*.pt (a folder under DeepSpeed), the oldest pruned; final.pt after the last step."""
     state, e = state_of(t), t.engine
+    check_finite(t, state, "a step checkpoint")
     if e.deepspeed is not None:  # every rank writes its partitions into one folder, renamed when whole
         dss.save_checkpoint(e, engines_of(t), state, ckpt.step_path(t.ckpt_dir, t.step, deepspeed=True))
-    elif e.is_main:
-        ckpt.atomic_save(state, ckpt.step_path(t.ckpt_dir, t.step))
-    if e.is_main:
-        ckpt.prune(t.ckpt_dir, t.cfg.train.keep_checkpoints)
+
+    def write():
+        if e.deepspeed is None:
+            ckpt.atomic_save(state, ckpt.step_path(t.ckpt_dir, t.step))
+        ckpt.prune(t.ckpt_dir, t.cfg.train.keep_checkpoints)  # only after the new one is whole
         if t.step == t.max_steps:  # the last model in the seed's format, for inference
             ckpt.atomic_save(seed_format(state, t.ema, None), t.ckpt_dir / "final.pt")
+
+    main_writes(e, write)
+
+
+def main_writes(e, write) -> None:
+    """The main process writes; a failed write (a full disk) stops every rank with its one line (exit 2)."""
+    problem = None
+    if e.is_main:
+        try:
+            write()
+        except CheckpointError as err:
+            problem = str(err)
+    problem = e.gather_object(problem)[0]
+    if problem:
+        err = CheckpointError(problem)
+        err.quiet = not e.is_main  # the main process says it
+        raise err
 
 
 def save_best(t) -> None:
     """best.pt (seed format) and best_state.pt (a resume state) for the model ``t.best`` describes."""
     state = state_of(t)
-    if t.engine.is_main:
+    check_finite(t, state, "best.pt")
+
+    def write():
         ckpt.atomic_save(seed_format(state, t.ema, t.best), t.ckpt_dir / "best.pt")
         ckpt.atomic_save(state, t.ckpt_dir / "best_state.pt")
 
+    main_writes(t.engine, write)
+
 
 # --- resuming -----------------------------------------------------------------------------------
+PREVIOUS_PREFIX = "previous_"  # train.overwrite=true moves a run's old outputs into run.dir/previous_<time>/
+
+
+def run_outputs(run_dir: Path) -> list[Path]:
+    """What a run wrote into run.dir that a new run would overwrite or append to."""
+    found = [run_dir / "metrics.jsonl"] if (run_dir / "metrics.jsonl").is_file() else []
+    ckpts = run_dir / "checkpoints"
+    if ckpts.is_dir():
+        found += sorted(p for p in ckpts.iterdir() if not p.name.startswith("."))
+    return found
+
+
+def start_afresh(t) -> None:
+    """train.resume=auto found nothing to resume from: a run.dir holding another run's outputs is never
+    overwritten silently (exit 2 naming it and the choices); train.overwrite=true moves them aside."""
+    e = t.engine
+    outputs = run_outputs(t.run_dir)
+    e.barrier()  # every rank has looked before anything moves
+    if outputs and not t.cfg.train.overwrite:
+        raise CheckpointError(f"run.dir '{t.run_dir}' holds a run's outputs ({', '.join(p.name for p in outputs[:4])}) "
+                              "but no intact checkpoint to resume from: choose a fresh run.dir (with train.resume=none), "
+                              "or train.overwrite=true to move the old outputs into a previous_<time> subfolder")
+    if outputs and e.is_main:
+        import time
+
+        aside = t.run_dir / f"{PREVIOUS_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}"
+        aside.mkdir()
+        for item in t.run_dir.iterdir():
+            if item != aside and not item.name.startswith(PREVIOUS_PREFIX) and item.name != LOCK_FILE:
+                item.rename(aside / item.name)
+        print(f"gen_dist: train.overwrite=true: moved the previous outputs of {t.run_dir} to {aside}", flush=True)
+    e.barrier()
+
+
+def apply_optimizer_config(t) -> None:
+    """The config wins over a resumed optimizer state: lr, betas and weight_decay of optim.g / optim.d are
+    set on every param group (config.yaml records these values), and one line says what changed."""
+    changed = []
+    for name, opt, c in (("g", t.opt_g, t.cfg.optim.g), ("d", t.opt_d, t.cfg.optim.d)):
+        inner = getattr(opt, "optimizer", opt)  # Accelerate's wrapper, a DeepSpeed engine's optimizer
+        if inner is None or not hasattr(inner, "param_groups"):
+            continue
+        want = {"lr": float(c.lr), "betas": tuple(float(b) for b in c.betas), "weight_decay": float(c.weight_decay)}
+        for group in inner.param_groups:
+            for key, value in want.items():
+                if key in group and (tuple(group[key]) if key == "betas" else group[key]) != value:
+                    changed.append(f"optim.{name}.{key} {group[key]} -> {value}")
+                    group[key] = value
+    if changed and t.engine.is_main:
+        print(f"gen_dist: resumed optimizer settings replaced by the config: {', '.join(dict.fromkeys(changed))}",
+              flush=True)
+
+
 def restore(t) -> None:
     """train.resume: none, auto (the latest valid checkpoint of the run, if any) or a path."""
     mode = t.cfg.train.resume
+    if t.engine.is_main:
+        stale = ckpt.remove_stale_temps(t.ckpt_dir)
+        if stale:
+            print(f"gen_dist: removed {len(stale)} temporary file(s) of unfinished saves from {t.ckpt_dir}: "
+                  f"{', '.join(stale[:3])}", flush=True)
     if mode == "none":
         return
     if mode == "auto":
         found = ckpt.latest_valid(t.ckpt_dir)
+        if found is None and (t.ckpt_dir / "best_state.pt").is_file():  # the best intact state there is
+            try:
+                found = t.ckpt_dir / "best_state.pt", ckpt.load(t.ckpt_dir / "best_state.pt")
+            except CheckpointError as e:
+                warnings.warn(f"skipping {e}", stacklevel=2)
         if found is None:
+            start_afresh(t)
             return
         path, state = found
     else:
@@ -114,11 +213,25 @@ def restore(t) -> None:
     if e.deepspeed is not None:
         dss.load(engines_of(t), Path(state["deepspeed_folder"]))
     else:
-        e.unwrap(t.G).load_state_dict(state["models"]["G"])
+        for part, model in (("G", t.G), ("D", t.D)):
+            if model is None:
+                continue
+            if state["models"].get(part) is None:
+                raise CheckpointError(f"checkpoint '{path}' has no {part} (another model.kind): resume it with its own "
+                                      "config, or start afresh with train.resume=none in a fresh run.dir")
+            try:
+                e.unwrap(model).load_state_dict(state["models"][part])
+            except RuntimeError as err:
+                saved = state.get("config", {}).get("model", {})
+                detail = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln or "key" in ln),
+                              str(err).splitlines()[0])[:160]
+                raise CheckpointError(f"checkpoint '{path}' holds another {part} than this config builds ({detail}; "
+                                      f"it was trained with {', '.join(f'model.{k}={saved[k]}' for k in ('generator', 'discriminator', 'g_width', 'd_width', 'latent_dim', 'hidden_dim') if k in saved)}): "
+                                      "use those values, or a fresh run.dir with train.resume=none") from None
         t.opt_g.load_state_dict(state["optimizers"]["G"])
         if t.D is not None:
-            e.unwrap(t.D).load_state_dict(state["models"]["D"])
             t.opt_d.load_state_dict(state["optimizers"]["D"])
+    apply_optimizer_config(t)
     if state["scaler"] is not None and e.scaler is not None:
         e.scaler.load_state_dict(state["scaler"])
     if t.ema is not None and state["ema"] is not None:
@@ -127,6 +240,7 @@ def restore(t) -> None:
     t.best, t.run_id = state["best"], state["wandb_run_id"]
     t.collapse.load_state_dict(state["collapse"])
     t.loss_history = state["loss_history"]
+    t.nonfinite_skipped = state.get("nonfinite_skipped", 0)
     for name, obj in remedy_state(t.phases).items():  # a new world size starts them empty
         saved = state.get("remedies", {}).get(name)
         if saved is not None and state["world_size"] == e.world:

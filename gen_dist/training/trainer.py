@@ -16,9 +16,11 @@ from pathlib import Path
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from gen_dist import checkpoint as ckpt
 from gen_dist.config import Config, to_dict, to_yaml
 from gen_dist.data import build_train_loader, prepare_sources, to_model_range
 from gen_dist.distributed.engine import Engine
+from gen_dist.errors import NonFiniteError, UserError
 from gen_dist.distributed.preemption import CHECK_EVERY, PREEMPTED_MARKER, Preemption
 from gen_dist.evaluation.evaluator import Evaluator
 from gen_dist.generation.images import reconstruction_grid, sample_grid
@@ -43,6 +45,7 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.engine = e = engine if engine is not None else Engine(cfg.train.mixed_precision, cfg.seed)
         self.kind = cfg.model.kind
+        e.lock_run_dir(self.run_dir)  # before anything reads or writes run.dir
 
         # data: each node's main process first, so only it downloads or writes shards
         with e.accelerator.local_main_process_first():
@@ -91,6 +94,10 @@ class Trainer:
         self.max_steps = cfg.train.max_steps or max(
             1, cfg.train.epochs * self.loader.batches_per_epoch() // self.batches_per_step)
         self.step, self.images_seen = 0, 0
+        self.nonfinite_skipped, self._nonfinite_in_row = 0, 0  # train.nonfinite=skip: steps skipped
+        if cfg.train.nonfinite == "skip" and e.deepspeed is not None:
+            raise UserError("train.nonfinite=skip cannot undo a DeepSpeed step (the engine steps inside backward): "
+                            "use train.nonfinite=stop under DeepSpeed")
         self.best: dict | None = None
         self.run_id = new_run_id()
         self._iter = None
@@ -119,7 +126,13 @@ class Trainer:
         self._t_log, self._images_at_log = time.time(), self.images_seen
         preemption = Preemption()
         while self.step < self.max_steps and self.stop_reason is None:
-            self.train_step()
+            try:
+                self.train_step()
+            except NonFiniteError:  # every rank at the same step: nothing of this step is saved
+                preemption.restore()
+                self.tracker.log(self.step + 1, {"nonfinite/stopped": 1, "nonfinite/skipped_steps": self.nonfinite_skipped})
+                self.tracker.finish()
+                raise
             self.step += 1
             last = self.step == self.max_steps
             # every rank agrees at the same step boundary, whichever rank got the signal; checked every
@@ -165,6 +178,7 @@ class Trainer:
         """One optimizer step of every phase (step counter and logging are the loop's); bench/ times it."""
         cfg, e = self.cfg, self.engine
         accum = cfg.train.grad_accum
+        bad_step = False
         for p_idx, phase in enumerate(self.phases):
             if phase.fresh_data:
                 self._micro = [self.next_batch() for _ in range(accum)]
@@ -172,17 +186,61 @@ class Trainer:
                 continue  # its batches are still read, so the data order does not depend on the start
             for frozen in phase.frozen:  # D during G's step: G's loss must not reach D's grads
                 frozen.requires_grad_(False)
+            losses, pending = [], []
             for i, batch in enumerate(self._micro):
                 draw = self._drawer((self.step, p_idx, i), batch[0].shape[0])
                 with e.no_sync(phase.model, sync=i == accum - 1):
                     loss, logs = phase.loss(batch, draw, self.step + 1)  # the step being taken, from 1
                     e.backward(loss * (phase.scale / accum), phase.model)
-                self._accumulate(logs)
-            e.step(phase.model, phase.optimizer, cfg.train.grad_clip)
+                losses.append(loss.detach().float())
+                pending.append(logs)
+            if self._finite(phase, torch.stack(losses).mean()):
+                for logs in pending:
+                    self._accumulate(logs)
+                e.step(phase.model, phase.optimizer, cfg.train.grad_clip)
+            else:  # train.nonfinite=skip: no update from this phase this step
+                bad_step = True
+                getattr(phase.optimizer, "optimizer", phase.optimizer).zero_grad(set_to_none=True)
             for frozen in phase.frozen:
                 frozen.requires_grad_(True)
+        if bad_step:
+            self.nonfinite_skipped += 1
+            self._nonfinite_in_row += 1
+            if self._nonfinite_in_row >= cfg.train.nonfinite_patience:
+                raise self._nonfinite_error(f"{self._nonfinite_in_row} steps in a row with a non-finite loss or "
+                                            f"gradient (train.nonfinite_patience), the last at step {self.step + 1}")
+        else:
+            self._nonfinite_in_row = 0
         if self.ema is not None:
             self.ema.update_parameters(e.unwrap(self.G))
+
+    def _finite(self, phase, loss: torch.Tensor) -> bool:
+        """Whether this phase's loss and (all-reduced) gradients are finite on every rank: one small
+        all-reduce per phase, so every rank decides alike at the same step. A non-finite one stops the run
+        (train.nonfinite=stop: exit 3, nothing saved) or is skipped (skip: False)."""
+        e = self.engine
+        bad_loss = (~torch.isfinite(loss)).float()
+        bad_grad = torch.zeros_like(bad_loss)
+        if e.deepspeed is None and e.scaler is None:  # a loss scaler (fp16) skips overflowing steps itself;
+            # DeepSpeed stepped inside backward: its weights are checked before every save
+            grads = [p.grad for p in phase.model.parameters() if p.grad is not None]
+            if grads:
+                bad_grad = (~torch.isfinite(torch.nn.utils.get_total_norm(grads))).float()
+        flags = e.reduce_sum(torch.stack([bad_loss, bad_grad, loss]).to(e.device)).tolist()
+        if flags[0] == 0 and flags[1] == 0:
+            return True
+        what = "loss" if flags[0] else "gradient"
+        mean = flags[2] / e.world
+        if self.cfg.train.nonfinite == "skip":
+            return False
+        raise self._nonfinite_error(f"non-finite {what} at step {self.step + 1} in phase {phase.name} "
+                                    f"(loss {mean:.4g}, averaged over ranks)")
+
+    def _nonfinite_error(self, what: str) -> NonFiniteError:
+        healthy = ckpt.list_steps(self.ckpt_dir)
+        last = f"the last healthy checkpoint is {healthy[0]}" if healthy else "no checkpoint was written yet"
+        return NonFiniteError(f"{what}: stopped without saving it; {last}. Lower optim.*.lr or the loss weights "
+                              "and resume from it, or set train.nonfinite=skip", quiet=not self.engine.is_main)
 
     def _drawer(self, key, batch):
         def draw(name, *shape):
@@ -216,8 +274,10 @@ class Trainer:
 
     def _log(self) -> dict:
         keys = sorted(self._sums)
-        local = torch.stack([self._sums[k] / self._counts[k] for k in keys]).to(self.engine.device)
-        values = self.engine.reduce_mean(local).tolist()
+        values = []  # no losses: every phase of the interval was skipped (train.nonfinite=skip), on every rank
+        if keys:
+            local = torch.stack([self._sums[k] / self._counts[k] for k in keys]).to(self.engine.device)
+            values = self.engine.reduce_mean(local).tolist()
         self._sums.clear(), self._counts.clear()
         stats = self.loader.stats  # damaged samples skipped and refilled, summed over ranks
         counts = torch.tensor([float(stats.skipped_damaged), float(stats.repeated_per_epoch)])
@@ -228,6 +288,8 @@ class Trainer:
             if k.startswith("loss/"):
                 self.loss_history.setdefault(k, []).append([self.step, row[k]])
         row.update({"data/skipped_damaged": int(skipped), "data/repeated": int(repeated)})
+        if self.cfg.train.nonfinite == "skip":
+            row["nonfinite/skipped_steps"] = self.nonfinite_skipped
         row.update({"images_seen": self.images_seen, "epoch": self.loader.position.epoch,
                     "img_per_s": (self.images_seen - self._images_at_log) / max(now - self._t_log, 1e-9),
                     "lr/G": self.opt_g.param_groups[0]["lr"]})
