@@ -95,10 +95,12 @@ def check_deepspeed(cfg) -> None:
     if stage == 3 and cfg.train.ema_decay > 0:
         raise ConfigError("train.ema_decay with ZeRO-3: the EMA copy needs whole parameters, which ZeRO-3 "
                           "partitions; use ZeRO-1/2 (configs/accelerate/zero2.yaml) or train.ema_decay=0")
-    if stage == 3 and cfg.model.kind == "vaegan" and cfg.loss.adv_weight == "adaptive":
-        raise ConfigError("loss.adv_weight=adaptive with ZeRO-3: the weight compares gradients at the decoder's output "
-                          "layer, whose parameters ZeRO-3 partitions; use ZeRO-1/2 (configs/accelerate/zero2.yaml) "
-                          "or loss.adv_weight=fixed")
+    if cfg.model.kind == "vaegan" and cfg.loss.adv_weight == "adaptive":
+        # torch.autograd.grad on a parameter fires DeepSpeed's gradient hooks, which then reduce a half-filled
+        # bucket (ZeRO-1/2: IndexError in reduce_ipg_grads); ZeRO-3 also partitions the parameter itself
+        raise ConfigError(f"loss.adv_weight=adaptive under DeepSpeed (ZeRO-{stage}): the weight takes gradients of the "
+                          "decoder's output layer apart from the backward pass, which DeepSpeed's gradient hooks do not "
+                          "allow; train it with DDP (configs/accelerate/ddp.yaml) or set loss.adv_weight=fixed")
 
 
 # --- engines ------------------------------------------------------------------------------------
