@@ -21,8 +21,8 @@ STEPS = 3
 # the VAE-GAN's adaptive weight is refused under DeepSpeed (exit 2): the new formulation runs with a fixed one
 SMALL = [f"train.max_steps={STEPS}", "train.n_critic=2", "train.checkpoint_every=100", "loss.disc_start=0",
          "loss.adv_weight=fixed", *TINY]
-# ZeRO-3 partitions parameters: no EMA copy there (refused, exit 2)
-ZERO3 = {"vaegan_mnist": ["train.ema_decay=0"]}
+# ZeRO-3 partitions parameters: no EMA copy and no second decoding outside the engine there (refused, exit 2)
+ZERO3 = {"vaegan_mnist": ["train.ema_decay=0", "loss.vaegan_prior_samples=false", "loss.adv_stop_at_z=false"]}
 
 
 def ds_env(data_root: str) -> dict:
@@ -159,6 +159,9 @@ def test_unsupported_combinations_exit_2(data_root, tmp_path):
     proc = ds_train(data_root, "zero2", "--config", "configs/vaegan_mnist.yaml", f"run.dir={tmp_path}/d", *SMALL,
                     "loss.adv_weight=adaptive", check=False)
     assert _exit_2(proc) and "loss.adv_weight=adaptive under DeepSpeed (ZeRO-2)" in proc.stderr
+    proc = ds_train(data_root, "zero3", "--config", "configs/vaegan_mnist.yaml", f"run.dir={tmp_path}/e", *SMALL,
+                    "train.ema_decay=0", check=False)
+    assert _exit_2(proc) and "ZeRO-3 with a VAE-GAN that decodes outside the engine's forward" in proc.stderr
     # fp16 needs CUDA
     proc = ds_train(data_root, "zero2", "--config", "configs/dcgan32_mnist.yaml", f"run.dir={tmp_path}/c",
                     "train.mixed_precision=fp16", *SMALL, check=False)

@@ -95,6 +95,13 @@ def check_deepspeed(cfg) -> None:
     if stage == 3 and cfg.train.ema_decay > 0:
         raise ConfigError("train.ema_decay with ZeRO-3: the EMA copy needs whole parameters, which ZeRO-3 "
                           "partitions; use ZeRO-1/2 (configs/accelerate/zero2.yaml) or train.ema_decay=0")
+    if stage == 3 and cfg.model.kind == "vaegan" and (cfg.loss.vaegan_prior_samples or cfg.loss.adv_stop_at_z
+                                                      or cfg.loss.similarity_gamma != 1.0):
+        # these decode a second time with the plain decoder, outside the engine's forward, whose parameters
+        # ZeRO-3 has partitioned (it fails freeing a parameter still in use)
+        raise ConfigError("ZeRO-3 with a VAE-GAN that decodes outside the engine's forward (loss.vaegan_prior_samples, "
+                          "loss.adv_stop_at_z or loss.similarity_gamma != 1): use ZeRO-1/2 (configs/accelerate/zero2.yaml) "
+                          "or set loss.vaegan_prior_samples=false loss.adv_stop_at_z=false")
     if cfg.model.kind == "vaegan" and cfg.loss.adv_weight == "adaptive":
         # torch.autograd.grad on a parameter fires DeepSpeed's gradient hooks, which then reduce a half-filled
         # bucket (ZeRO-1/2: IndexError in reduce_ipg_grads); ZeRO-3 also partitions the parameter itself

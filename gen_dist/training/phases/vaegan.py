@@ -57,15 +57,21 @@ class VAEGANLosses:
         self.learned = L.similarity in ("learned", "both")
 
     # --- what D sees ----------------------------------------------------------------------------
+    def decode(self, z):
+        """The plain decoder (same parameters as the DDP forward) in its parameters' dtype (a DeepSpeed bf16
+        engine casts only the whole model's inputs), returning float32 like the engine's forward."""
+        decoder = self.unwrap(self.G).decoder
+        return decoder(z.to(next(decoder.parameters()).dtype)).float()
+
     def prior_samples(self, z_prior):
-        return self.unwrap(self.G).decoder(z_prior)  # the plain decoder: same parameters as the DDP forward
+        return self.decode(z_prior)
 
     def d_fakes(self, x, draw) -> list:
         latent, plain = self.latent, self.unwrap(self.G)
         with torch.no_grad():
             fakes = [plain(x, draw("eps", latent))[0]]
             if self.cfg.loss.vaegan_prior_samples:
-                fakes.append(plain.decoder(draw("z_prior", latent)))
+                fakes.append(self.decode(draw("z_prior", latent)))
         return fakes
 
     def d_step(self, batch, draw, step=None):
@@ -83,7 +89,7 @@ class VAEGANLosses:
         with torch.no_grad():
             fakes = [plain(x, draw("eps_unroll", k, latent)[:, j])[0]]
             if self.cfg.loss.vaegan_prior_samples:
-                fakes.append(plain.decoder(draw("z_unroll", k, latent)[:, j]))
+                fakes.append(self.decode(draw("z_unroll", k, latent)[:, j]))
         return fakes
 
     # --- EG -------------------------------------------------------------------------------------
@@ -135,7 +141,7 @@ class VAEGANLosses:
         if (adv_on and L.adv_stop_at_z) or gamma != 1.0:
             # the same z decoded again with the gradient stopped at z (the decoder's copy), and the prior samples
             z = reparameterize(mu, logvar, eps).detach()
-            recon_d = self.unwrap(self.G).decoder(z)
+            recon_d = self.decode(z)
             if gamma != 1.0:  # the decoder's reconstruction weight: 1 (joint) + (gamma - 1) (copy)
                 pixel_d = vae_objective(cfg, recon_d, x, mu.detach(), logvar.detach())[0]
                 rec = rec + (gamma - 1.0) * self.reconstruction(x, recon_d, pixel_d)
