@@ -241,7 +241,7 @@ def test_vaegan_remedies_and_beta_warmup_on_two_processes(data_root, tmp_path):
     is the schedule's value at each step."""
     run = tmp_path / "run"
     train(data_root, 2, "--config", "configs/vaegan_mnist.yaml", *TINY, *GAN_REMEDIES, "train.max_steps=5",
-          "train.n_critic=2", "loss.vaegan_prior_samples=true", "loss.beta=2.0", "loss.kl_warmup_steps=4",
+          "train.n_critic=2", "loss.vaegan_prior_samples=true", "loss.beta=2.0", "loss.kl_warmup_steps=4", "loss.disc_start=0",
           f"run.dir={run}")
     rows = read_metrics(run)
     assert rows[-1]["sync/params_identical"] == 1 and len(set(rows[-1]["sync/param_hashes"])) == 1

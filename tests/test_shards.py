@@ -240,8 +240,19 @@ def test_resume_mid_epoch_gives_the_same_batches(shards):
 # ----------------------------------------------------------------------------- damage
 
 
+def drop_checksums(folder: Path) -> None:
+    """A manifest without sha256 (another writer's): damage is then found by reading, as tested below
+    (with checksums the damaged shard is left out whole: tests/test_shard_checksums.py)."""
+    path = folder / "manifest.json"
+    m = json.loads(path.read_text())
+    for s in m["shards"]:
+        s.pop("sha256", None)
+    path.write_text(json.dumps(m))
+
+
 def test_truncated_shard_is_skipped_and_counted(shards, tmp_path):
     d = copy_shards(shards[4], tmp_path / "s4")
+    drop_checksums(d)
     victim = d / "mnist-train-000001.tar"
     data = victim.read_bytes()
     victim.write_bytes(data[: int(len(data) * 0.4)])
@@ -264,6 +275,7 @@ def _member_offset(path: Path, name: str) -> int:
 
 def test_corrupt_header_and_missing_image(shards, tmp_path):
     d = copy_shards(shards[4], tmp_path / "s4")
+    drop_checksums(d)
     # A corrupt header in shard 1 (same size, so only reading finds it): unreadable from sample 1500.
     victim = d / "mnist-train-000001.tar"
     with open(victim, "r+b") as f:
