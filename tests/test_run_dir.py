@@ -32,11 +32,11 @@ def test_auto_without_step_checkpoint_resumes_best_state_or_refuses(data_root, t
     # nothing intact at all: exit 2 naming the folder and the choices; nothing touched
     _damage_step_checkpoints(run)
     (run / "checkpoints" / "best_state.pt").unlink()
-    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and "wandb" not in p.parts}
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and "wandb" not in p.parts and p.name != "run.lock"}
     proc = train(data_root, 1, *ARGS, f"run.dir={run}", "train.max_steps=6", check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert str(run) in proc.stderr and "train.overwrite=true" in proc.stderr and "train.resume=none" in proc.stderr
-    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and "wandb" not in p.parts} == before
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and "wandb" not in p.parts and p.name != "run.lock"} == before
     # train.overwrite=true: the old outputs moved aside, a fresh run
     proc = train(data_root, 1, *ARGS, f"run.dir={run}", "train.max_steps=2", "train.overwrite=true")
     aside = [p for p in run.iterdir() if p.name.startswith("previous_")]
