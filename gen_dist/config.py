@@ -111,6 +111,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # max gradient norm per model (0 = off)
     mixed_precision: Optional[str] = None  # no | bf16 | fp16; null = what the launcher says
     ema_decay: float = 0.0  # EMA of the generator / VAE weights (0 = off, e.g. 0.999)
+    ema_warmup: bool = False  # decay min(ema_decay, (1+n)/(10+n)) at update n: short runs forget the first weights
     resume: str = "auto"  # auto (latest checkpoint in run.dir) | a checkpoint path | none
     overwrite: bool = False  # resume=auto finding outputs but nothing to resume: move them to run.dir/previous_<time>/
     log_every: int = 10  # steps between metrics.jsonl / W&B scalar rows
@@ -187,6 +188,7 @@ class TrackingConfig:
     group: Optional[str] = None
     mode: str = "auto"  # auto (online with a key, else offline) | online | offline
     tags: List[str] = field(default_factory=list)
+    wandb_artifacts: bool = True  # best and latest model (seed format) as W&B artifacts, aliases best / latest
 
 
 @dataclass

@@ -93,6 +93,7 @@ class Tracker:
         self.enabled = enabled
         self.run_id = run_id
         self.run = None
+        self.artifacts = bool(getattr(cfg, "wandb_artifacts", True))
         if not enabled:
             return
         self.metrics_file = open(run_dir / METRICS_FILE, "a", buffering=1)  # line-buffered: survives a kill
@@ -144,6 +145,31 @@ class Tracker:
             import wandb
 
             self.run.log({k: wandb.Image(str(p)) for k, p in images.items()}, step=step)
+        except Exception as e:
+            self._wandb_failed(e)
+
+    def log_model(self, path: Path, aliases: list[str], metadata: dict) -> None:
+        """A model file (the seed's format) as a version of the run's W&B artifact ``model-<run id>``
+        (type model). W&B moves an alias to the newest version that names it, and gives ``latest`` to the
+        newest version by itself. The file is copied into W&B's staging area here, so it may change
+        afterwards; an offline run keeps the copy until ``wandb sync``."""
+        if not self.enabled or self.run is None or not self.artifacts:
+            return
+        try:
+            import wandb
+
+            art = wandb.Artifact(f"model-{self.run_id}", type="model", metadata=metadata)
+            art.add_file(str(path), name="model.pt")
+            self.run.log_artifact(art, aliases=aliases)
+        except Exception as e:
+            self._wandb_failed(e)
+
+    def summarize(self, values: dict) -> None:
+        """Values in the W&B run's summary (the best metric and its step), not in its history."""
+        if not self.enabled or self.run is None:
+            return
+        try:
+            self.run.summary.update({k: _plain(v) for k, v in values.items()})
         except Exception as e:
             self._wandb_failed(e)
 

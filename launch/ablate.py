@@ -31,7 +31,7 @@ from gen_dist.errors import UserError  # noqa: E402
 from gen_dist.study.report import build_report  # noqa: E402
 from gen_dist.study.spec import ModelRun, StudySpec, is_finished, select, study_runs  # noqa: E402
 
-def train_model(run: ModelRun) -> str | None:
+def train_model(run: ModelRun, label: str = "") -> str | None:
     """Train one model in this process (every rank); returns the trainer's stop reason (None: done).
     The process group stays up for the next model: re-creating a destroyed one raced (a rank that got
     there first read the previous group's rendezvous keys and the other hung)."""
@@ -39,7 +39,7 @@ def train_model(run: ModelRun) -> str | None:
     from gen_dist.training.trainer import Trainer
 
     preflight(run.cfg)
-    trainer = Trainer(run.cfg)
+    trainer = Trainer(run.cfg, label=label)
     trainer.train(end_process_group=False)
     return trainer.stop_reason
 
@@ -55,14 +55,15 @@ def end_process_group() -> None:
 def train_models(todo: list[ModelRun], main_process: bool) -> bool:
     """Train the models that have not finished, in order; False when one was preempted (run the same
     command again to go on from it)."""
-    for r in todo:
+    for i, r in enumerate(todo, 1):
+        label = f"{r.name} (model {i}/{len(todo)})"
         if is_finished(r.run_dir):
             if main_process:
                 print(f"ablate: {r.name} already finished ({r.run_dir}/checkpoints/final.pt): skipped", flush=True)
             continue
         if main_process:
-            print(f"ablate: training {r.name} in {r.run_dir}", flush=True)
-        stop = train_model(r)
+            print(f"ablate: training {label} in {r.run_dir}", flush=True)
+        stop = train_model(r, label)
         if stop is not None and stop.startswith("preempted"):
             if main_process:
                 print(f"ablate: {r.name} stopped ({stop}); run the same command again to continue", flush=True)

@@ -94,7 +94,7 @@ def run(args, trained) -> int:
                                       spherical=not args.linear, batch_size=args.batch_size, engine=engine)
     else:
         images = sampling.sample_images(trained, None, args.num, args.seed, args.label,
-                                        batch_size=args.batch_size, engine=engine)
+                                        batch_size=args.batch_size, engine=engine, progress_bar=True)
     if engine.is_main:
         if args.interpolate is not None:
             written = pngs.save_grid(images, args.out, nrow=len(images))

@@ -36,6 +36,11 @@ atexit.register(shutil.rmtree, SHARD_CACHE, ignore_errors=True)
 CLASSIFIER_CACHE = tempfile.mkdtemp(prefix="gen_dist_classifiers_")
 atexit.register(shutil.rmtree, CLASSIFIER_CACHE, ignore_errors=True)
 os.environ["GEN_DIST_CLASSIFIER_CACHE"] = CLASSIFIER_CACHE
+# W&B stages every model artifact (tracking.wandb_artifacts) under its data folder until `wandb sync`:
+# this session's copies go to a folder removed at exit, not to ~/.local/share/wandb
+WANDB_DATA = tempfile.mkdtemp(prefix="gen_dist_wandb_data_")
+atexit.register(shutil.rmtree, WANDB_DATA, ignore_errors=True)
+os.environ["WANDB_DATA_DIR"] = WANDB_DATA
 
 
 def _has_mnist(root: Path, name: str = "MNIST") -> bool:
@@ -64,7 +69,7 @@ def run_env(data_root: str, **extra) -> dict:
     env = dict(os.environ)
     env.update(GEN_DIST_DATA=data_root, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
                WANDB_MODE="offline", WANDB_SILENT="true", ACCELERATE_USE_CPU="1", PYTHONUNBUFFERED="1",
-               GEN_DIST_SHARDS=SHARD_CACHE, GEN_DIST_INCEPTION_WEIGHTS=WEIGHTS)
+               GEN_DIST_SHARDS=SHARD_CACHE, GEN_DIST_INCEPTION_WEIGHTS=WEIGHTS, WANDB_DATA_DIR=WANDB_DATA)
     env.update(extra)
     return env
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from gen_dist.data.base import Source
 from gen_dist.errors import DataError
+from gen_dist.progress import Progress
 
 ENCODINGS = ("npy", "png")
 MANIFEST = "manifest.json"
@@ -78,7 +79,6 @@ def write_shards(source: Source, out: str | os.PathLike, *, samples_per_shard: i
                  limit: int = 0, overwrite: bool = False, progress: bool = True) -> dict:
     """Write ``source`` (its first ``limit`` samples if > 0) as shards under ``out``; return the
     manifest (also written to ``out/manifest.json``, last, so a folder with a manifest is complete)."""
-    from tqdm import tqdm
 
     if encoding not in ENCODINGS:
         raise DataError(f"unknown --format '{encoding}': choose one of {', '.join(ENCODINGS)}")
@@ -100,31 +100,30 @@ def write_shards(source: Source, out: str | os.PathLike, *, samples_per_shard: i
     shape = tuple(int(s) for s in first.shape)
     encode = _encoder(encoding, shape)
     shards = []
-    bar = tqdm(total=n, unit="img", desc=f"writing {prefix}", disable=not progress)
-    for start in range(0, n, samples_per_shard):
-        name = f"{prefix}-{len(shards):06d}.tar"
-        tmp = out / (name + ".tmp")
-        stop = min(start + samples_per_shard, n)
-        try:
-            with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-                for i in range(start, stop):
-                    img = np.asarray(source.image(i))
-                    if img.shape != shape or img.dtype != np.uint8:
-                        raise DataError(f"sample {i} is {img.dtype} {tuple(img.shape)}, sample 0 is uint8 {shape}: "
-                                        "pass --image-size to resize every image to one size")
-                    key = f"{i:08d}"
-                    _add(tar, f"{key}.{encoding}", encode(img))
-                    _add(tar, f"{key}.cls", str(int(source.labels[i])).encode())
-                    if source.factors is not None:
-                        _add(tar, f"{key}.factors", " ".join(str(int(v)) for v in source.factors[i]).encode())
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        tmp.replace(out / name)
-        shards.append({"name": name, "samples": stop - start, "bytes": (out / name).stat().st_size,
-                       "sha256": _sha256(out / name)})
-        bar.update(stop - start)
-    bar.close()
+    with Progress(main=progress).stage(f"writing {prefix}", n) as bar:
+        for start in range(0, n, samples_per_shard):
+            name = f"{prefix}-{len(shards):06d}.tar"
+            tmp = out / (name + ".tmp")
+            stop = min(start + samples_per_shard, n)
+            try:
+                with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+                    for i in range(start, stop):
+                        img = np.asarray(source.image(i))
+                        if img.shape != shape or img.dtype != np.uint8:
+                            raise DataError(f"sample {i} is {img.dtype} {tuple(img.shape)}, sample 0 is uint8 {shape}: "
+                                            "pass --image-size to resize every image to one size")
+                        key = f"{i:08d}"
+                        _add(tar, f"{key}.{encoding}", encode(img))
+                        _add(tar, f"{key}.cls", str(int(source.labels[i])).encode())
+                        if source.factors is not None:
+                            _add(tar, f"{key}.factors", " ".join(str(int(v)) for v in source.factors[i]).encode())
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            tmp.replace(out / name)
+            shards.append({"name": name, "samples": stop - start, "bytes": (out / name).stat().st_size,
+                           "sha256": _sha256(out / name)})
+            bar.update(stop - start)
 
     manifest = {
         "format_version": MANIFEST_VERSION,

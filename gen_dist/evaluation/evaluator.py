@@ -24,6 +24,7 @@ from gen_dist.data import to_model_range
 from gen_dist.errors import DataError
 from gen_dist.generation.images import generate
 from gen_dist.noise import latents_for
+from gen_dist.progress import Progress
 
 # The metrics (gen_dist.evaluation.metrics) are imported inside the methods that use them: the package
 # loads pytorch-fid, torchvision and scipy (seconds), and a run computes only the metrics it asks for.
@@ -38,8 +39,10 @@ def strided(n: int, rank: int, world: int, batch: int):
 
 
 class Evaluator:
-    def __init__(self, cfg, engine, test_set, num_classes: int):
+    def __init__(self, cfg, engine, test_set, num_classes: int, progress: Progress | None = None):
         self.cfg, self.engine, self.test_set, self.num_classes = cfg, engine, test_set, num_classes
+        # each stage's bar (or, without a terminal, one line with its time) on the main process
+        self.progress = progress or Progress(engine.is_main, cfg.train.progress_bar)
         self._inception = None
         self._real = None  # (mu, sigma, features) once computed or loaded
         self._classifier = None  # the mode-coverage classifier once trained or loaded
@@ -79,10 +82,11 @@ class Evaluator:
         def encode(images):
             return vae.encoder(to_model_range(images.to(device), c.data.image_size, signed=False))[0]
 
-        out = disentanglement_metrics(encode, self.test_set.images[:n], self.test_set.factors.classes[:n],
-                                      c.model.latent_dim, seed=c.seed, n_train=c.eval.disentanglement_train,
-                                      n_eval=c.eval.disentanglement_eval, batch=c.eval.disentanglement_batch,
-                                      block=c.eval.batch_size, rank=e.rank, world=e.world, device=e.device)
+        with self.progress.stage("disentanglement metrics"):
+            out = disentanglement_metrics(encode, self.test_set.images[:n], self.test_set.factors.classes[:n],
+                                          c.model.latent_dim, seed=c.seed, n_train=c.eval.disentanglement_train,
+                                          n_eval=c.eval.disentanglement_eval, batch=c.eval.disentanglement_batch,
+                                          block=c.eval.batch_size, rank=e.rank, world=e.world, device=e.device)
         vae.train(was_training)
         return out
 
@@ -99,10 +103,12 @@ class Evaluator:
 
         e, c = self.engine, self.cfg
         if self._classifier is None:
-            with e.accelerator.local_main_process_first():  # each node's main process trains or reads it first
-                self._classifier = load_or_train(c, self.test_set, e.device)
+            with e.accelerator.local_main_process_first(), self.progress.stage("mode coverage: classifier"):
+                self._classifier = load_or_train(c, self.test_set, e.device)  # trains it once, then cached
         clf = self._classifier
-        counts = class_counts(clf.model, self.generated(model, c.eval.coverage_samples), len(clf.real_distribution))
+        n = c.eval.coverage_samples
+        counts = class_counts(clf.model, self.tracked(self.generated(model, n), "mode coverage: samples", n),
+                              len(clf.real_distribution))
         counts = e.reduce_sum(counts.to(e.device)).cpu()  # float64 counts summed over ranks
         out = coverage_metrics(counts, clf.real_distribution, c.eval.coverage_alarm)
         out["coverage/classifier_accuracy"] = clf.accuracy
@@ -151,7 +157,7 @@ class Evaluator:
                 images = self.test_set.images[idx].to(e.device)
                 yield idx, to_model_range(images, c.data.image_size, signed=False)
 
-        self._real = self.cache_set("real", key, *self.features(batches()))
+        self._real = self.cache_set("real", key, *self.features(self.tracked(batches(), "Inception: real images", n)))
         return self._real
 
     def set_key(self, content: str, n: int) -> str:
@@ -198,10 +204,19 @@ class Evaluator:
             yield idx, generate(model, c, z, labels)
 
     def fake_features(self, model):
-        return self.features(self.generated(model, self.cfg.eval.num_samples))
+        n = self.cfg.eval.num_samples
+        return self.features(self.tracked(self.generated(model, n), "Inception: generated samples", n))
+
+    def tracked(self, batches, name: str, n: int):
+        """This rank's batches ((indices, images) or indices), counted on the main bar as the batch size x
+        world (every rank takes an equal share, so that is the global progress)."""
+        def weigh(batch):
+            return len(batch[0] if isinstance(batch, tuple) else batch) * self.engine.world
+
+        return self.progress.track(batches, name, n, weigh=weigh)
 
     def sample_quality(self, model) -> dict:
-        from gen_dist.evaluation.metrics import compute_fid, kid, precision_recall
+        from gen_dist.evaluation.metrics import compute_fid
 
         c = self.cfg.eval
         mu_r, sigma_r, real_feats = self.real_statistics()
@@ -210,16 +225,21 @@ class Evaluator:
         if c.fid:
             out["fid"] = compute_fid(fake_stats, (mu_r, sigma_r))
         if c.kid or c.precision_recall or c.inception_score:
-            fake_feats = fake_bank.gather()
-            if c.kid:
-                out["kid"], out["kid_std"] = kid(fake_feats, real_feats, c.kid_subset_size, c.kid_subsets,
-                                                 seed=self.cfg.seed)
-            if c.precision_recall:
-                out["precision"], out["recall"] = precision_recall(real_feats, fake_feats, k=c.pr_k)
-            if c.inception_score:
-                from gen_dist.evaluation.metrics import fid_logits, inception_score
+            with self.progress.stage("KID, precision/recall"):
+                out.update(self._feature_metrics(fake_bank.gather(), real_feats))
+        return out
 
-                out["is"], out["is_std"] = inception_score(fid_logits(self.inception(), fake_feats))
+    def _feature_metrics(self, fake_feats, real_feats) -> dict:
+        from gen_dist.evaluation.metrics import fid_logits, inception_score, kid, precision_recall
+
+        c, out = self.cfg.eval, {}
+        if c.kid:
+            out["kid"], out["kid_std"] = kid(fake_feats, real_feats, c.kid_subset_size, c.kid_subsets,
+                                             seed=self.cfg.seed)
+        if c.precision_recall:
+            out["precision"], out["recall"] = precision_recall(real_feats, fake_feats, k=c.pr_k)
+        if c.inception_score:
+            out["is"], out["is_std"] = inception_score(fid_logits(self.inception(), fake_feats))
         return out
 
     # --- VAE ----------------------------------------------------------------------------------
@@ -237,7 +257,7 @@ class Evaluator:
         eps_all = torch.randn(n, cfg.model.latent_dim, generator=torch.Generator().manual_seed(cfg.seed + 12345))
         sums = VAEMetricSums(cfg.model.latent_dim, device=e.device)
         iwae = VAEMetricSums(cfg.model.latent_dim, iwae_ks=[cfg.eval.iwae_k] if n_iwae else [], device=e.device)
-        for idx in strided(n, e.rank, e.world, cfg.eval.batch_size):
+        for idx in self.tracked(strided(n, e.rank, e.world, cfg.eval.batch_size), "VAE test metrics", n):
             x = to_model_range(self.test_set.images[idx].to(e.device), cfg.data.image_size, signed=False)
             recon, mu, logvar = vae(x, eps_all[idx].to(e.device))
             sums.update(x, recon, mu, logvar)

@@ -20,6 +20,7 @@ from gen_dist.errors import UserError
 from gen_dist.generation.images import generate
 from gen_dist.generation.loading import Trained, load_trained
 from gen_dist.noise import latents_for
+from gen_dist.progress import Progress
 
 
 def _resolve(source, cfg: Config | None) -> tuple[nn.Module, Config, int]:
@@ -60,7 +61,7 @@ def _labels(num_classes: int, n: int, labels) -> torch.Tensor | None:
 
 @torch.no_grad()
 def _render(model: nn.Module, cfg: Config, n: int, latents: Callable[[torch.Tensor], torch.Tensor],
-            labels: torch.Tensor | None, batch_size: int, engine) -> torch.Tensor:
+            labels: torch.Tensor | None, batch_size: int, engine, progress_bar: bool = False) -> torch.Tensor:
     """Images [n, C, H, W] in [0, 1] on the CPU; with an engine, blocks are shared by its ranks and
     every rank returns all n."""
     if batch_size < 1:
@@ -68,19 +69,22 @@ def _render(model: nn.Module, cfg: Config, n: int, latents: Callable[[torch.Tens
     rank, world = (engine.rank, engine.world) if engine is not None else (0, 1)
     device = next(model.parameters()).device
     mine = []
-    for block, start in enumerate(range(0, n, batch_size)):
-        if block % world != rank:
-            continue
-        idx = torch.arange(start, min(start + batch_size, n))
-        y = labels[idx].to(device) if labels is not None else None
-        mine.append((start, generate(model, cfg, latents(idx).to(device), y).cpu()))
+    progress = Progress(main=rank == 0, enabled=progress_bar)
+    with progress.stage("generating", n) as stage:
+        for block, start in enumerate(range(0, n, batch_size)):
+            if block % world != rank:
+                continue
+            idx = torch.arange(start, min(start + batch_size, n))
+            y = labels[idx].to(device) if labels is not None else None
+            mine.append((start, generate(model, cfg, latents(idx).to(device), y).cpu()))
+            stage.update(len(idx) * world)  # the ranks take blocks in turn: the main one sees 1/world of them
     if world > 1:
         mine = [part for parts in engine.gather_object(mine) for part in parts]
     return torch.cat([images for _, images in sorted(mine, key=lambda part: part[0])])
 
 
 def sample_images(source, cfg: Config | None = None, n: int = 16, seed: int = 0, labels=None, *,
-                  batch_size: int = 64, engine=None) -> torch.Tensor:
+                  batch_size: int = 64, engine=None, progress_bar: bool = False) -> torch.Tensor:
     """n images [n, C, H, W] in [0, 1] from a checkpoint path, a ``Trained``, or a model with its cfg.
 
     labels: None (conditional models cycle through the classes), one class for all, or one per image.
@@ -90,7 +94,8 @@ def sample_images(source, cfg: Config | None = None, n: int = 16, seed: int = 0,
         raise UserError(f"asked for {n} images: ask for at least 1")
     model, cfg, num_classes = _resolve(source, cfg)
     y = _labels(num_classes, n, labels)
-    return _render(model, cfg, n, lambda idx: latents_for(idx, cfg.model.latent_dim, seed), y, batch_size, engine)
+    return _render(model, cfg, n, lambda idx: latents_for(idx, cfg.model.latent_dim, seed), y, batch_size, engine,
+                   progress_bar)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -102,6 +102,23 @@ def save_checkpoint(t) -> None:
             ckpt.atomic_save(seed_format(state, t.ema, None), t.ckpt_dir / "final.pt")
 
     main_writes(e, write)
+    if e.is_main and t.tracker.run is not None and t.tracker.artifacts:
+        best_too = t.best is not None and t.best["step"] == t.step
+        log_model(t, seed_format(state, t.ema, t.best if best_too else None), ["latest"] + (["best"] if best_too else []))
+
+
+def log_model(t, exported: dict, aliases: list[str]) -> None:
+    """The seed-format model as a W&B artifact version (tracking.wandb_artifacts), through a file W&B
+    copies at once; never stops training (the tracker reports a W&B error and carries on)."""
+    path = t.ckpt_dir / ".wandb_model.pt"
+    try:
+        ckpt.atomic_save(exported, path)
+        meta = {"step": t.step, "images_seen": t.images_seen, **({"best": t.best} if t.best else {})}
+        t.tracker.log_model(path, [*aliases, f"step-{t.step}"], meta)
+    except CheckpointError as err:  # a full disk: the step checkpoint above was written, W&B goes without
+        warnings.warn(f"W&B model artifact not written: {err}", stacklevel=2)
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def main_writes(e, write) -> None:
@@ -129,6 +146,12 @@ def save_best(t) -> None:
         ckpt.atomic_save(state, t.ckpt_dir / "best_state.pt")
 
     main_writes(t.engine, write)
+    if t.engine.is_main:
+        t.tracker.summarize({f"best/{t.best['metric']}": t.best["value"], "best/step": t.best["step"],
+                             "best/images_seen": t.images_seen})
+        checkpoint_now = t.step % t.cfg.train.checkpoint_every == 0 or t.step == t.max_steps
+        if not checkpoint_now and t.tracker.run is not None and t.tracker.artifacts:  # else logged with "latest"
+            log_model(t, seed_format(state, t.ema, t.best), ["best"])
 
 
 # --- resuming -----------------------------------------------------------------------------------

@@ -11,10 +11,10 @@ import hashlib
 import json
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from gen_dist import checkpoint as ckpt
 from gen_dist.config import Config, to_dict, to_yaml
@@ -26,9 +26,12 @@ from gen_dist.evaluation.evaluator import Evaluator
 from gen_dist.generation.images import reconstruction_grid, sample_grid
 from gen_dist.models import build_models
 from gen_dist.noise import Noise
+from gen_dist.progress import Progress, bars_wanted, fmt_seconds
 from gen_dist.tracking import Tracker, new_run_id
 from gen_dist.training import fast_paths, resume
+from gen_dist.training.ema import make_ema
 from gen_dist.training.phases import build_phases
+from gen_dist.training.run_summary import end_of_run_block
 
 
 def _adam(params, c, fast=None, device="cpu"):
@@ -37,14 +40,16 @@ def _adam(params, c, fast=None, device="cpu"):
 
 
 class Trainer:
-    def __init__(self, cfg: Config, engine: Engine | None = None):
+    def __init__(self, cfg: Config, engine: Engine | None = None, label: str = ""):
         """``engine``: the process group and distribution to train under; by default one made for this
-        config (train.mixed_precision, seed). A study passes one engine to each of its trainers."""
+        config (train.mixed_precision, seed). A study passes one engine to each of its trainers.
+        ``label`` names the run on the bars (a study's "vae_s1 (model 3/11)")."""
         self.cfg = cfg
         self.run_dir = Path(cfg.run.dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.engine = e = engine if engine is not None else Engine(cfg.train.mixed_precision, cfg.seed)
         self.kind = cfg.model.kind
+        self.label = label or f"{self.kind} {self.run_dir.name}"
         e.lock_run_dir(self.run_dir)  # before anything reads or writes run.dir
 
         # data: each node's main process first, so only it downloads or writes shards
@@ -54,7 +59,14 @@ class Trainer:
                                          pin=e.device.type == "cuda")
         self.test_set = sources.test
         self.num_classes = len(sources.classes)
-        self.evaluator = Evaluator(cfg, e, self.test_set, self.num_classes)
+        # evaluation stages get their bars one line under the training bar
+        self.evaluator = Evaluator(cfg, e, self.test_set, self.num_classes,
+                                   Progress(e.is_main, cfg.train.progress_bar, position=1,
+                                            prefix=f"{label}: " if label else ""))
+        self.last_metrics: dict = {}  # the latest evaluation's, for the grids' captions and the summary
+        # wall time outside the training steps, for the ETA and the end-of-run block
+        self.seconds = {"evaluation": 0.0, "checkpoints": 0.0, "sample grids": 0.0}
+        self._last_seconds = dict(self.seconds)
         # the metrics package loads pytorch-fid, torchvision and scipy (seconds); imported where used
         from gen_dist.evaluation.metrics import PosteriorCollapseDetector
 
@@ -80,8 +92,7 @@ class Trainer:
         (self.G, self.opt_g), (self.D, self.opt_d) = prepared[0], (prepared[1] if len(prepared) > 1 else (None, None))
         self.ema = None
         if cfg.train.ema_decay > 0:
-            self.ema = AveragedModel(e.unwrap(self.G), multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay),
-                                     use_buffers=True)
+            self.ema = make_ema(e.unwrap(self.G), cfg.train.ema_decay, cfg.train.ema_warmup)
         self.phases = build_phases(cfg, self.G, self.D, self.opt_g, self.opt_d, e.unwrap, e.reduce_mean)
         for phase in self.phases:
             if cfg.loss.batch_sum:
@@ -118,12 +129,14 @@ class Trainer:
         trains its models one after another; a destroyed group cannot be re-made reliably)."""
         cfg, e = self.cfg, self.engine
         bar = None
-        if e.is_main and cfg.train.progress_bar:
+        if e.is_main and bars_wanted(cfg.train.progress_bar):
             from tqdm import tqdm
 
-            bar = tqdm(total=self.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
-                       desc=f"{self.kind} {self.run_dir.name}")
+            bar = tqdm(total=self.max_steps, initial=self.step, unit="step", dynamic_ncols=True, position=0,
+                       desc=self.label)
         self._t_log, self._images_at_log = time.time(), self.images_seen
+        t_start, step_start = time.time(), self.step
+        postfix: dict = {}
         preemption = Preemption()
         while self.step < self.max_steps and self.stop_reason is None:
             try:
@@ -143,19 +156,27 @@ class Trainer:
                 bar.update(1)
             if self.step % cfg.train.log_every == 0 or last or self.stop_reason:
                 logged = self._log()
-                if bar is not None:
-                    bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logged.items() if k.startswith("loss/")})
+                postfix.update({k.split("/")[-1]: f"{v:.3g}" for k, v in logged.items() if k.startswith("loss/")})
             want_samples = self.step % cfg.train.sample_every == 0 or last
             want_eval = (cfg.eval.every and self.step % cfg.eval.every == 0) or last
             if want_samples or want_eval:
                 # DeepSpeed: rank 0's BatchNorm statistics everywhere, the plain fp32 copy of G refreshed
                 self.engine.sync_for_inference([self.G, self.D], self._plain_G)
+            if want_eval:  # before the grids, so their captions carry this step's metrics
+                with self._timed("evaluation"):
+                    self._evaluate()
+                postfix["evals left"] = self._evals_left()
             if e.is_main and want_samples:
-                self._save_samples()
-            if want_eval:
-                self._evaluate()
+                with self._timed("sample grids"):
+                    self._save_samples()
             if self.step % cfg.train.checkpoint_every == 0 or last or self.stop_reason:
-                resume.save_checkpoint(self)
+                with self._timed("checkpoints"):
+                    resume.save_checkpoint(self)
+            if bar is not None:
+                if want_samples or want_eval:
+                    bar.unpause()  # the ETA counts training steps only: time spent outside them is left out
+                if postfix and self.step % cfg.train.log_every == 0 or want_eval:
+                    bar.set_postfix(postfix, refresh=False)
         if bar is not None:
             bar.close()
         if self.stop_reason and e.is_main:
@@ -169,6 +190,9 @@ class Trainer:
         preemption.restore()
         self._check_ranks_in_sync()
         e.barrier()
+        if e.is_main:
+            train_s = time.time() - t_start - sum(self.seconds.values())
+            print(end_of_run_block(self, train_s, self.step - step_start), flush=True)
         self.tracker.finish()
         if end_process_group:
             e.end()
@@ -302,6 +326,22 @@ class Trainer:
         return row
 
     # --- samples, evaluation, best model ------------------------------------------------------
+    @contextmanager
+    def _timed(self, what: str):
+        t0 = time.time()
+        try:
+            yield
+        finally:
+            self._last_seconds[what] = time.time() - t0
+            self.seconds[what] += self._last_seconds[what]
+
+    def _evals_left(self) -> str:
+        """Evaluations still to come and the measured time of the last: the bar's ETA leaves them out."""
+        every, step, end = self.cfg.eval.every, self.step, self.max_steps
+        left = (end // every - step // every + (1 if end % every else 0)) if every else 1
+        left = left if step < end else 0
+        return f"{left} x {fmt_seconds(self._last_seconds['evaluation'])}"
+
     def _inference_model(self):
         if self.ema is not None:
             return self.ema.module
@@ -310,11 +350,24 @@ class Trainer:
     def _save_samples(self) -> None:
         model = self._inference_model()
         folder = self.run_dir / "samples"
-        images = {"samples": sample_grid(model, self.cfg, self.num_classes, folder / f"step_{self.step:09d}.png")}
+        images = {"samples": sample_grid(model, self.cfg, self.num_classes, folder / f"step_{self.step:09d}.png",
+                                         caption=self._caption("prior samples"))}
         if self.kind != "gan":
-            images["reconstructions"] = reconstruction_grid(model, self.test_set.images, self.cfg,
-                                                            folder / f"recon_step_{self.step:09d}.png")
+            images["reconstructions"] = reconstruction_grid(
+                model, self.test_set.images, self.cfg, folder / f"recon_step_{self.step:09d}.png",
+                caption=self._caption("top: test images, bottom: reconstructions"))
         self.tracker.log_images(self.step, images)
+
+    def _caption(self, what: str) -> list[str]:
+        """Two lines over a grid: which run, step and images; what it shows and the latest metrics."""
+        m, known = self.last_metrics, []
+        if "fid" in m:
+            known.append(f"FID {m['fid']:.1f}")
+        if "test/loss" in m:
+            known.append(f"test loss {m['test/loss']:.1f} nats")
+        weights = " (EMA)" if self.ema is not None else ""
+        first = f"{self.run_dir.name} | step {self.step:,} | {self.images_seen:,} images seen"
+        return [first, " | ".join([what + weights, *known])]
 
     def _evaluate(self) -> None:
         metrics = self.evaluator.evaluate(self._inference_model())
@@ -328,6 +381,7 @@ class Trainer:
                     self.stop_reason = "posterior collapse"
         if not metrics:
             return
+        self.last_metrics = {"step": self.step, **metrics}
         self.tracker.log(self.step, {"images_seen": self.images_seen, **metrics})
         if self.engine.is_main:
             # scalars only (histograms and per-dimension lists go to the metrics file); counts such as
