@@ -296,6 +296,8 @@ def bench_model(name: str, args, run_dir: str) -> dict:
            "overhead_best": round(min(times["gen_dist"]) / min(times["plain"]) - 1, 4), "clock": clock,
            "step_ms": round(1000 * statistics.median(times["gen_dist"]) / steps, 2),
            "repeats": args.repeats, "steps": steps, "fast_paths": trainer.fast.on()}
+    if device.type == "cuda":  # every loop of this model in this process: the largest of them
+        row["peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     if "seed" in times:
         row["seed_img_s"] = round(images / statistics.median(times["seed"]), 1)
         row["speedup_vs_seed"] = round(statistics.median(times["seed"]) / statistics.median(times["gen_dist"]), 3)

@@ -4,6 +4,7 @@ and the benchmark scripts (bench/) as smoke tests: they run and print one JSON o
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import warnings
 
@@ -123,3 +124,31 @@ def test_bench_script_prints_json_lines(script, data_root):
     if script == "train_step.py":
         assert [r["model"] for r in rows] == ["vae_mlp", "vaegan"]
         assert all(r["gen_dist_img_s"] > 0 and r["plain_img_s"] > 0 for r in rows)
+
+
+def test_gpu_check_says_there_is_no_gpu_and_exits_0(data_root):
+    """bench/gpu_check.py is for a CUDA machine; here (no GPU) it must say so in one line and exit 0."""
+    import torch
+
+    proc = subprocess.run([PYTHON, str(REPO / "bench" / "gpu_check.py")], cwd=REPO, env=run_env(data_root),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is here: the full check ran instead")
+    assert proc.stdout.strip().startswith("gpu_check: no CUDA GPU on this machine")
+    assert proc.stdout.strip().count("\n") == 0, proc.stdout
+
+
+def test_one_process_ddp_launch_reports_its_backend(data_root, tmp_path):
+    """gpu_check's DDP row, on CPU: torchrun with one process gives Accelerate's distributed path (gloo
+    here, NCCL on a GPU), which the first metrics row records."""
+    torchrun = str(Path(PYTHON).with_name("torchrun"))
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "1", "launch/train.py", "--config",
+                           "configs/vae_mnist.yaml", *TINY, "train.max_steps=2", f"run.dir={tmp_path / 'run'}",
+                           "tracking.wandb=false"], cwd=REPO, env=run_env(data_root), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_metrics(tmp_path / "run")
+    info = next(r for r in rows if "dist/backend" in r)
+    assert (info["dist/backend"], info["dist/type"], info["dist/world"]) == ("gloo", "MULTI_CPU", 1)
+    assert rows[-1]["sync/params_identical"] == 1

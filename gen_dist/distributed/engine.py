@@ -50,6 +50,7 @@ class Engine:
         self.world = self.accelerator.num_processes
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process
+        self.amp_skipped = 0  # fp16: optimizer steps the gradient scaler skipped (non-finite gradients)
         # per-rank seed for anything that draws from the global RNGs; the training noise that
         # matters (latents, reparameterisation, GP mixing) comes from `Noise`, which is world-invariant
         from accelerate.utils import set_seed
@@ -161,7 +162,18 @@ class Engine:
             inner.zero_grad(set_to_none=True)
             return
         optimizer.step()  # Accelerate's wrapper: GradScaler.step + update under fp16
+        if optimizer.step_was_skipped:  # inf/NaN gradients at this loss scale: the scaler backs off
+            self.amp_skipped += 1
         optimizer.zero_grad(set_to_none=True)
+
+    def describe(self) -> dict:
+        """How this run is distributed, for its first metrics row (strings stay out of W&B's history)."""
+        import torch.distributed as dist
+
+        backend = dist.get_backend() if dist.is_available() and dist.is_initialized() else "none"
+        return {"dist/world": self.world, "dist/backend": str(backend), "dist/device": str(self.device),
+                "dist/type": str(self.accelerator.distributed_type).split(".")[-1],
+                "dist/zero_stage": self.zero_stage if self.zero_stage is not None else -1}
 
     # --- collectives -------------------------------------------------------------------------
     def reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:

@@ -317,7 +317,10 @@ class Trainer:
         row.update({"images_seen": self.images_seen, "epoch": self.loader.position.epoch,
                     "img_per_s": (self.images_seen - self._images_at_log) / max(now - self._t_log, 1e-9),
                     "lr/G": self.opt_g.param_groups[0]["lr"]})
-        if self.step <= self.cfg.train.log_every:  # once: how the data was split
+        if self.engine.scaler is not None:  # fp16: the loss scale and the steps it skipped (on every rank alike)
+            row.update({"amp/scale": float(self.engine.scaler.get_scale()), "amp/skipped_steps": self.engine.amp_skipped})
+        if self.step <= self.cfg.train.log_every:  # once: how the data was split, how the run is distributed
+            row.update(self.engine.describe())
             st = self.loader.stats
             row.update({"data/dropped_per_epoch": st.dropped_per_epoch, "data/samples_per_epoch": st.samples_per_epoch,
                         "data/coverage": st.samples_per_epoch / max(1, st.samples_per_epoch + st.dropped_per_epoch)})
