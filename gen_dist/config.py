@@ -69,6 +69,8 @@ class LossConfig:
     vaegan_weighting: str = "convex"  # convex: (1-l)*recon + KL + l*adv | additive: recon + KL + l*adv
     vaegan_prior_samples: bool = True  # VAE-GAN: D also sees decoder(z ~ N(0, I)) as fake, and the
     #   decoder's adversarial term covers them (Larsen et al. 2016; what FID and a person look at)
+    vaegan_adv_on: str = "both"  # VAE-GAN: what the decoder's adversarial term scores: both (reconstructions
+    #   and prior samples) | prior (prior samples only: reconstructions answer to the pixel term alone) | recon
     adv_weight: str = "fixed"  # VAE-GAN: fixed (adv_lambda) | adaptive (Esser et al. 2021: adv_lambda x
     #   ||grad rec|| / ||grad adv|| at the decoder's output layer, averaged over ranks)
     adaptive_max: float = 1.0e4  # upper clamp of the adaptive weight
@@ -229,6 +231,7 @@ CHOICES = {
     "loss.recon": ("bce", "mse"),
     "loss.recon_scale": ("sum", "mean"),
     "loss.vaegan_weighting": ("convex", "additive"),
+    "loss.vaegan_adv_on": ("both", "prior", "recon"),
     "loss.adv_weight": ("fixed", "adaptive"),
     "loss.similarity": ("pixel", "learned", "both"),
     "train.mixed_precision": (None, "no", "bf16", "fp16"),
@@ -361,6 +364,9 @@ def validate(cfg: Config, training: bool = True) -> None:
     for key in ["loss.adaptive_max", "loss.similarity_gamma"]:
         if not _get(cfg, key) > 0:
             raise ConfigError(f"bad value {key}={_get(cfg, key)}: it must be positive")
+    if cfg.loss.vaegan_adv_on == "prior" and not cfg.loss.vaegan_prior_samples:
+        raise ConfigError("loss.vaegan_adv_on=prior needs the prior samples: set loss.vaegan_prior_samples=true "
+                          "or loss.vaegan_adv_on=both")
     if cfg.loss.adv_weight == "adaptive" and cfg.loss.vaegan_weighting == "convex":
         raise ConfigError("loss.adv_weight=adaptive balances the adversarial term against the whole reconstruction: "
                           "set loss.vaegan_weighting=additive")

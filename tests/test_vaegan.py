@@ -116,6 +116,27 @@ def test_pixel_similarity_with_the_gradient_through_z_is_the_lessons_loss():
     assert grads[id(params[0])].abs().sum() > 0  # the encoder's first weight moves with D's opinion
 
 
+def test_adversarial_on_prior_samples_only():
+    """loss.vaegan_adv_on=prior: rec + KL + l x adv(decoder(z_prior)); the reconstruction answers to the
+    pixel term alone, D still sees real vs reconstructed vs prior; =prior without prior samples is refused."""
+    lam = 0.7
+    cfg, G, D, phases, x = setup(f"loss.adv_lambda={lam}", "loss.vaegan_weighting=additive", "loss.adv_weight=fixed",
+                                 "loss.vaegan_adv_on=prior", "loss.disc_start=0", "loss.recon_scale=sum")
+    loss, logs, grads = eg_gradients(G, D, phases[1], x)
+    z, kl, _ = by_hand_terms(G, D, x)
+    rec = F.binary_cross_entropy(G.decoder(z), x, reduction="none").flatten(1).sum(1)
+    adversarial = F.softplus(-D(G.decoder(noise("z_prior", LATENT)))).mean()
+    expected = (rec + kl).mean() + lam * adversarial
+    params = list(G.parameters())
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert logs["loss/G_adv"].item() == pytest.approx(adversarial.item(), rel=1e-5)
+    assert_same(grads, params, torch.autograd.grad(expected, params), "G")
+    from gen_dist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="vaegan_adv_on=prior needs the prior samples"):
+        load_config("configs/vaegan_mnist.yaml", ["loss.vaegan_adv_on=prior", "loss.vaegan_prior_samples=false"])
+
+
 def test_adaptive_weight_by_hand():
     """w = lambda ||d rec / d W|| / (||d adv / d W|| + 1e-4) at the decoder's output layer W, clamped."""
     lam = 0.8

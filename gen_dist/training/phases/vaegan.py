@@ -138,17 +138,18 @@ class VAEGANLosses:
         rec = self.reconstruction(x, recon, pixel_rec, logs)
         gamma = L.similarity_gamma
         fakes = []
-        if (adv_on and L.adv_stop_at_z) or gamma != 1.0:
+        recon_scored = adv_on and L.vaegan_adv_on != "prior"  # the decoder's adversarial term scores reconstructions
+        if (recon_scored and L.adv_stop_at_z) or gamma != 1.0:
             # the same z decoded again with the gradient stopped at z (the decoder's copy), and the prior samples
             z = reparameterize(mu, logvar, eps).detach()
             recon_d = self.decode(z)
             if gamma != 1.0:  # the decoder's reconstruction weight: 1 (joint) + (gamma - 1) (copy)
                 pixel_d = vae_objective(cfg, recon_d, x, mu.detach(), logvar.detach())[0]
                 rec = rec + (gamma - 1.0) * self.reconstruction(x, recon_d, pixel_d)
-        if adv_on:
-            fakes = [recon_d if L.adv_stop_at_z else recon]
-            if L.vaegan_prior_samples:
-                fakes.append(self.prior_samples(draw("z_prior", latent)))
+        if recon_scored:
+            fakes.append(recon_d if L.adv_stop_at_z else recon)
+        if adv_on and L.vaegan_prior_samples and L.vaegan_adv_on != "recon":
+            fakes.append(self.prior_samples(draw("z_prior", latent)))
         loss, _ = self.kl_schedule.loss(self.w_rec * rec, kl, step, kl_unit(cfg, x))
         if adv_on:  # lambda = 0 is the pure VAE: D's opinion is not even computed
             adv, adv_logs = self.adv.adversarial(view, x, None, fakes)
