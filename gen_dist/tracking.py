@@ -93,7 +93,7 @@ class Tracker:
         self.enabled = enabled
         self.run_id = run_id
         self.run = None
-        self.artifacts = bool(getattr(cfg, "wandb_artifacts", True))
+        self.artifacts = cfg.wandb_artifacts
         if not enabled:
             return
         self.metrics_file = open(run_dir / METRICS_FILE, "a", buffering=1)  # line-buffered: survives a kill

@@ -104,21 +104,29 @@ def save_checkpoint(t) -> None:
     main_writes(e, write)
     if e.is_main and t.tracker.run is not None and t.tracker.artifacts:
         best_too = t.best is not None and t.best["step"] == t.step
-        log_model(t, seed_format(state, t.ema, t.best if best_too else None), ["latest"] + (["best"] if best_too else []))
+        if best_too:  # save_best wrote this very model as best.pt a moment ago
+            log_model(t, ["latest", "best"], written=t.ckpt_dir / "best.pt")
+        elif t.step == t.max_steps:
+            log_model(t, ["latest"], written=t.ckpt_dir / "final.pt")
+        else:
+            log_model(t, ["latest"], exported=seed_format(state, t.ema, None))
 
 
-def log_model(t, exported: dict, aliases: list[str]) -> None:
-    """The seed-format model as a W&B artifact version (tracking.wandb_artifacts), through a file W&B
-    copies at once; never stops training (the tracker reports a W&B error and carries on)."""
-    path = t.ckpt_dir / ".wandb_model.pt"
+def log_model(t, aliases: list[str], written: Path | None = None, exported: dict | None = None) -> None:
+    """The seed-format model as a W&B artifact version (tracking.wandb_artifacts): ``written``, an export
+    already on disk (best.pt, final.pt), as it is; else ``exported`` through a file W&B copies at once.
+    Never stops training (the tracker reports a W&B error and carries on)."""
+    path = written or t.ckpt_dir / ".wandb_model.pt"
     try:
-        ckpt.atomic_save(exported, path)
+        if written is None:
+            ckpt.atomic_save(exported, path)
         meta = {"step": t.step, "images_seen": t.images_seen, **({"best": t.best} if t.best else {})}
         t.tracker.log_model(path, [*aliases, f"step-{t.step}"], meta)
     except CheckpointError as err:  # a full disk: the step checkpoint above was written, W&B goes without
         warnings.warn(f"W&B model artifact not written: {err}", stacklevel=2)
     finally:
-        path.unlink(missing_ok=True)
+        if written is None:
+            path.unlink(missing_ok=True)
 
 
 def main_writes(e, write) -> None:
@@ -151,7 +159,7 @@ def save_best(t) -> None:
                              "best/images_seen": t.images_seen})
         checkpoint_now = t.step % t.cfg.train.checkpoint_every == 0 or t.step == t.max_steps
         if not checkpoint_now and t.tracker.run is not None and t.tracker.artifacts:  # else logged with "latest"
-            log_model(t, seed_format(state, t.ema, t.best), ["best"])
+            log_model(t, ["best"], written=t.ckpt_dir / "best.pt")
 
 
 # --- resuming -----------------------------------------------------------------------------------

@@ -354,7 +354,7 @@ class Trainer:
         model = self._inference_model()
         folder = self.run_dir / "samples"
         images = {"samples": sample_grid(model, self.cfg, self.num_classes, folder / f"step_{self.step:09d}.png",
-                                         caption=self._caption("prior samples"))}
+                                         caption=self._caption("samples" if self.kind == "gan" else "prior samples"))}
         if self.kind != "gan":
             images["reconstructions"] = reconstruction_grid(
                 model, self.test_set.images, self.cfg, folder / f"recon_step_{self.step:09d}.png",
