@@ -135,6 +135,11 @@ class EvalConfig:
     sample_quality: bool = True  # false skips all Inception-feature metrics (FID, KID, PR, IS) at once
     fid: bool = True  # FID of generated samples against the test split
     num_samples: int = 10000  # generated samples; sample i's latent is seeded by i (any world size)
+    # where a VAE's / VAE-GAN's samples come from (gen_dist/generation/latent_prior.py): standard = N(0, I), the
+    # lesson's; gmm = a Gaussian mixture fit to the posterior means of the first prior_images training images
+    prior: str = "standard"
+    prior_components: int = 10
+    prior_images: int = 10000
     kid: bool = True  # KID (unbiased, cubic polynomial kernel) over subsets
     kid_subsets: int = 100
     kid_subset_size: int = 1000
@@ -234,6 +239,7 @@ CHOICES = {
     "loss.vaegan_adv_on": ("both", "prior", "recon"),
     "loss.adv_weight": ("fixed", "adaptive"),
     "loss.similarity": ("pixel", "learned", "both"),
+    "eval.prior": ("standard", "gmm"),
     "train.mixed_precision": (None, "no", "bf16", "fp16"),
     "train.nonfinite": ("stop", "skip"),
     "tracking.mode": ("auto", "online", "offline"),
@@ -332,7 +338,7 @@ def validate(cfg: Config, training: bool = True) -> None:
         if _get(cfg, key) < 1:
             raise ConfigError(f"bad value {key}={_get(cfg, key)}: it must be at least 1")
     for key in ["eval.num_samples", "eval.kid_subsets", "eval.kid_subset_size", "eval.pr_k", "eval.max_features",
-                "eval.iwae_images", "eval.collapse_patience", "eval.coverage_samples", "eval.classifier_epochs"]:
+                "eval.iwae_images", "eval.collapse_patience", "eval.prior_components", "eval.prior_images", "eval.coverage_samples", "eval.classifier_epochs"]:
         if _get(cfg, key) < 1:
             raise ConfigError(f"bad value {key}={_get(cfg, key)}: it must be at least 1")
     for key in ["train.max_steps", "train.epochs", "eval.every", "data.limit", "eval.limit", "eval.iwae_k",
@@ -377,6 +383,9 @@ def validate(cfg: Config, training: bool = True) -> None:
         raise ConfigError("model.kind=gan needs a generator network: set model.generator=dcgan")
     if cfg.loss.gp_weight > 0 and cfg.model.d_norm == "batch":
         raise ConfigError("a gradient penalty with batch norm in D is ill-defined: set model.d_norm=none or layer")
+    if cfg.eval.prior == "gmm" and kind == "gan":
+        raise ConfigError("eval.prior=gmm fits a mixture to an encoder's codes and a GAN has none: "
+                          "use eval.prior=standard with model.kind=gan")
     if cfg.model.conditional and kind != "gan":
         raise ConfigError("model.conditional=true is supported for model.kind=gan only")
     if gen == "conv_vae" or gen == "dcgan" or kind != "vae":

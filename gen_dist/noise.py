@@ -65,3 +65,11 @@ def latents_for(indices: torch.Tensor, dim: int, seed: int) -> torch.Tensor:
     for row, i in zip(out, torch.as_tensor(indices).tolist()):
         torch.randn(dim, generator=gen.manual_seed(_key_seed(seed, 99, int(i))), out=row)
     return out
+
+
+def uniforms_for(indices: torch.Tensor, seed: int) -> torch.Tensor:
+    """One uniform in [0, 1) per evaluation sample, keyed by (seed, i) like ``latents_for`` (a mixture prior's
+    choice of component for sample i)."""
+    gen = torch.Generator()
+    return torch.tensor([torch.rand(1, generator=gen.manual_seed(_key_seed(seed, 98, int(i)))).item()
+                         for i in torch.as_tensor(indices).tolist()])

@@ -7,6 +7,8 @@
         --num 10000 --out samples/
     # a class-conditional model: every image of class 3
     python launch/sample.py --checkpoint runs/cgan_mnist/checkpoints/final.pt --num 16 --grid --class 3 --out threes.png
+    # a VAE's samples from a Gaussian mixture fit to its training codes instead of N(0, I)
+    python launch/sample.py --checkpoint runs/vaegan_mnist_cpu/checkpoints/final.pt --num 64 --grid --prior gmm --out g.png
     # a strip of 10 images walking the latent space from seed 1's sample to seed 2's
     python launch/sample.py --checkpoint runs/vae_mnist/checkpoints/final.pt --interpolate 1 2 --steps 10 --out walk.png
 
@@ -42,6 +44,8 @@ def parse_args(argv):
     p.add_argument("--linear", action="store_true", help="--interpolate: a straight line instead of slerp")
     p.add_argument("--nrow", type=int, help="--grid: images per row (default: a square grid)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--prior", choices=["standard", "gmm"],
+                   help="a VAE's latents: N(0, I), or a mixture fit to the training codes (default: the run's eval.prior)")
     return p.parse_args(argv)
 
 
@@ -74,7 +78,7 @@ def main(argv=None) -> int:
         from gen_dist.generation.loading import load_trained
         from gen_dist.generation.sampling import check_class
 
-        trained = load_trained(args.checkpoint)
+        trained = load_trained(args.checkpoint, [f"eval.prior={args.prior}"] if args.prior else [])
         check_class(trained.num_classes, args.label)
         return run(args, trained)
     except UserError as e:
@@ -89,12 +93,20 @@ def run(args, trained) -> int:
 
     engine = Engine("no", trained.cfg.seed)  # sampling runs in float32
     trained.model.to(engine.device)
+    prior = None
     if args.interpolate is not None:
         images = sampling.interpolate(trained, None, *args.interpolate, steps=args.steps, label=args.label,
                                       spherical=not args.linear, batch_size=args.batch_size, engine=engine)
     else:
+        if trained.cfg.eval.prior == "gmm":  # fit on the main process from the run's training data, then shared
+            from gen_dist.data import first_train_images
+            from gen_dist.generation.latent_prior import fit_latent_prior
+
+            cfg = trained.cfg
+            prior = fit_latent_prior(trained.model, first_train_images(cfg.data, None, cfg.eval.prior_images),
+                                     cfg, engine)
         images = sampling.sample_images(trained, None, args.num, args.seed, args.label,
-                                        batch_size=args.batch_size, engine=engine, progress_bar=True)
+                                        batch_size=args.batch_size, engine=engine, progress_bar=True, prior=prior)
     if engine.is_main:
         if args.interpolate is not None:
             written = pngs.save_grid(images, args.out, nrow=len(images))
@@ -103,8 +115,9 @@ def run(args, trained) -> int:
         else:
             written = pngs.save_each(images, args.out)[0].parent
         weights = {True: "EMA", False: "raw"}.get(trained.ema, "exported")
+        latents = " latents from the fitted mixture," if prior is not None else ""
         print(f"wrote {written}: {len(images)} images {tuple(images.shape[1:])} from {args.checkpoint} "
-              f"(step {trained.step}, {weights} weights, {engine.world} process(es))")
+              f"(step {trained.step}, {weights} weights,{latents} {engine.world} process(es))")
     engine.end()
     return 0
 

@@ -7,10 +7,11 @@ import torch.nn.functional as F
 
 from gen_dist.data.arrays import ArrayLoader
 from gen_dist.data.base import BatchLoader, DataPosition, DataStats
-from gen_dist.data.datasets import Dataset, Sources, build_train_loader, load_arrays, load_dataset, prepare_sources
+from gen_dist.data.datasets import (Dataset, Sources, build_train_loader, first_train_images, load_arrays, load_dataset,
+                                   prepare_sources)
 
 __all__ = ["ArrayLoader", "BatchLoader", "DataPosition", "DataStats", "Dataset", "Sources", "build_train_loader",
-           "load_arrays", "load_dataset", "prepare_sources", "to_model_range"]
+           "first_train_images", "load_arrays", "load_dataset", "prepare_sources", "to_model_range"]
 
 
 def to_model_range(images: torch.Tensor, image_size: int, signed: bool) -> torch.Tensor:

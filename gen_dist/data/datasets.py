@@ -210,6 +210,18 @@ def prepare_sources(cfg, train: bool = True) -> Sources:
     return Sources(train, test, test.channels, classes)
 
 
+def first_train_images(cfg, train: str | Dataset | None, n: int) -> torch.Tensor:
+    """The first n training images in split order (uint8 [n, C, H, W]): what a VAE's latent mixture prior is
+    fit to (gen_dist/generation/latent_prior.py). ``train``: the Sources' training split (None: load it)."""
+    if train is None:
+        train = ensure_shards(cfg, "train") if cfg.shards == "auto" else cfg.shards
+        train = train if train is not None else load_dataset(cfg, train=True)
+    if isinstance(train, Dataset):
+        return train.images[:n]
+    images, _, _ = read_all(train, strict=cfg.strict)
+    return torch.from_numpy(np.ascontiguousarray(images[:n]))
+
+
 def build_train_loader(cfg, sources: Sources, batch_size: int, rank: int, world: int, seed: int, pin: bool):
     if isinstance(sources.train, Dataset):
         return ArrayLoader(sources.train.images, sources.train.labels, batch_size, rank, world, seed,

@@ -4,6 +4,8 @@ Real side: the test split (first ``eval.limit`` images), rank r taking images r,
 its Inception statistics (and capped raw features for KID and precision/recall) are cached on disk,
 keyed by a hash of the pixels, the preprocessing (image size), the image count and the detector.
 Generated side: ``eval.num_samples`` images, sample i from a latent seeded by i, strided over ranks.
+A VAE's latents come from N(0, I) or, with ``eval.prior=gmm``, from a Gaussian mixture fit to the
+training images' codes at each evaluation (gen_dist/generation/latent_prior.py).
 Feature sums are reduced in float64; FID is computed once and broadcast.
 
 VAE side: test reconstruction (BCE, MSE), KL and the ELBO in the seed's nats per image, active
@@ -39,8 +41,12 @@ def strided(n: int, rank: int, world: int, batch: int):
 
 
 class Evaluator:
-    def __init__(self, cfg, engine, test_set, num_classes: int, progress: Progress | None = None):
+    def __init__(self, cfg, engine, test_set, num_classes: int, progress: Progress | None = None, train=None):
+        """``train``: the training split (Dataset or shard spec; None: loaded when needed), which
+        ``eval.prior=gmm`` fits its mixture to."""
         self.cfg, self.engine, self.test_set, self.num_classes = cfg, engine, test_set, num_classes
+        self._train, self._train_images = train, None
+        self.prior = None  # the latent mixture of the latest evaluation (eval.prior=gmm), else None
         # each stage's bar (or, without a terminal, one line with its time) on the main process
         self.progress = progress or Progress(engine.is_main, cfg.train.progress_bar)
         self._inception = None
@@ -57,6 +63,8 @@ class Evaluator:
 
     def evaluate(self, model) -> dict:
         metrics: dict = {}
+        if self.uses_prior:
+            self.fit_prior(model)
         if self.cfg.model.kind in ("vae", "vaegan"):
             metrics.update(self.vae_metrics(model))
         if self.wants_features:
@@ -66,6 +74,30 @@ class Evaluator:
         if self.cfg.eval.disentanglement and self.cfg.model.kind in ("vae", "vaegan") and self.test_set is not None:
             metrics.update(self.disentanglement(model))
         return metrics
+
+    # --- latent prior (gen_dist/generation/latent_prior.py) ----------------------------------------------
+    @property
+    def uses_prior(self) -> bool:
+        return self.cfg.eval.prior == "gmm" and self.cfg.model.kind in ("vae", "vaegan")
+
+    def fit_prior(self, vae, everywhere: bool = True):
+        """The mixture of the model as it is now, used by every generated sample until the next fit.
+        ``everywhere=False``: on the main process alone (the sample grids)."""
+        from gen_dist.data import first_train_images
+        from gen_dist.generation.latent_prior import fit_latent_prior
+
+        c = self.cfg.eval
+        with self.progress.stage(f"latent prior: {c.prior_components}-component mixture"):
+            if self._train_images is None:
+                self._train_images = first_train_images(self.cfg.data, self._train, c.prior_images)
+            self.prior = fit_latent_prior(vae, self._train_images, self.cfg, self.engine, everywhere)
+        return self.prior
+
+    def latents(self, idx: torch.Tensor) -> torch.Tensor:
+        """Sample i's latent: from the fitted mixture, or the standard prior's."""
+        if self.prior is not None:
+            return self.prior.latents(idx, self.cfg.seed)
+        return latents_for(idx, self.cfg.model.latent_dim, self.cfg.seed)
 
     # --- disentanglement (gen_dist/evaluation/metrics/disentanglement.py; dSprites) ------------------------
     @torch.no_grad()
@@ -199,7 +231,7 @@ class Evaluator:
         e, c = self.engine, self.cfg
         device = next(model.parameters()).device
         for idx in strided(n, e.rank, e.world, c.eval.batch_size):
-            z = latents_for(idx, c.model.latent_dim, c.seed).to(device)
+            z = self.latents(idx).to(device)
             labels = (idx % max(self.num_classes, 1)).to(device)
             yield idx, generate(model, c, z, labels)
 

@@ -36,10 +36,12 @@ GRID_MIN_WIDTH = 512  # pixels: 28 px digits at 1x are too small to judge
 
 
 @torch.no_grad()
-def sample_grid(generator, cfg, num_classes: int, path: Path, n: int = 64, caption: list[str] | None = None) -> Path:
-    """n images (8 x 8) from the same latents at every save, so grids over time are comparable."""
+def sample_grid(generator, cfg, num_classes: int, path: Path, n: int = 64, caption: list[str] | None = None,
+                latents: torch.Tensor | None = None) -> Path:
+    """n images (8 x 8) from the same latents at every save, so grids over time are comparable
+    (``latents``: others, e.g. a VAE's mixture prior's first n evaluation samples)."""
     device = next(generator.parameters()).device
-    z = fixed_latents(cfg.seed, n, cfg.model.latent_dim).to(device)
+    z = (fixed_latents(cfg.seed, n, cfg.model.latent_dim) if latents is None else latents).to(device)
     labels = torch.arange(n, device=device) % max(num_classes, 1)
     images = generate(generator, cfg, z, labels)
     return captioned_grid(images, path, grid_nrow(n), caption or [])

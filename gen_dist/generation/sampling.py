@@ -84,16 +84,19 @@ def _render(model: nn.Module, cfg: Config, n: int, latents: Callable[[torch.Tens
 
 
 def sample_images(source, cfg: Config | None = None, n: int = 16, seed: int = 0, labels=None, *,
-                  batch_size: int = 64, engine=None, progress_bar: bool = False) -> torch.Tensor:
+                  batch_size: int = 64, engine=None, progress_bar: bool = False, prior=None) -> torch.Tensor:
     """n images [n, C, H, W] in [0, 1] from a checkpoint path, a ``Trained``, or a model with its cfg.
 
     labels: None (conditional models cycle through the classes), one class for all, or one per image.
     engine: a ``gen_dist.distributed.engine.Engine`` to share the work across its processes (all get all images).
+    prior: a VAE's fitted latent mixture (gen_dist/generation/latent_prior.py) instead of N(0, I).
     """
     if n < 1:
         raise UserError(f"asked for {n} images: ask for at least 1")
     model, cfg, num_classes = _resolve(source, cfg)
     y = _labels(num_classes, n, labels)
+    if prior is not None:
+        return _render(model, cfg, n, lambda idx: prior.latents(idx, seed), y, batch_size, engine, progress_bar)
     return _render(model, cfg, n, lambda idx: latents_for(idx, cfg.model.latent_dim, seed), y, batch_size, engine,
                    progress_bar)
 

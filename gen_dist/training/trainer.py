@@ -62,7 +62,8 @@ class Trainer:
         # evaluation stages get their bars one line under the training bar
         self.evaluator = Evaluator(cfg, e, self.test_set, self.num_classes,
                                    Progress(e.is_main, cfg.train.progress_bar, position=1,
-                                            prefix=f"{label}: " if label else ""))
+                                            prefix=f"{label}: " if label else ""), train=sources.train)
+        self._prior_step = -1  # the step the evaluator's latent mixture (eval.prior=gmm) was last fit at
         self.last_metrics: dict = {}  # the latest evaluation's, for the grids' captions and the summary
         # wall time outside the training steps, for the ETA and the end-of-run block
         self.seconds = {"evaluation": 0.0, "checkpoints": 0.0, "sample grids": 0.0}
@@ -353,8 +354,14 @@ class Trainer:
     def _save_samples(self) -> None:
         model = self._inference_model()
         folder = self.run_dir / "samples"
+        what, latents = ("samples" if self.kind == "gan" else "prior samples"), None
+        if self.evaluator.uses_prior:  # the mixture of this step (refit here when no evaluation came first)
+            prior = self.evaluator.prior
+            if self._prior_step != self.step:
+                prior = self.evaluator.fit_prior(model, everywhere=False)
+            what, latents = "samples from the latent mixture", prior.latents(torch.arange(64), self.cfg.seed)
         images = {"samples": sample_grid(model, self.cfg, self.num_classes, folder / f"step_{self.step:09d}.png",
-                                         caption=self._caption("samples" if self.kind == "gan" else "prior samples"))}
+                                         caption=self._caption(what), latents=latents)}
         if self.kind != "gan":
             images["reconstructions"] = reconstruction_grid(
                 model, self.test_set.images, self.cfg, folder / f"recon_step_{self.step:09d}.png",
@@ -374,6 +381,7 @@ class Trainer:
 
     def _evaluate(self) -> None:
         metrics = self.evaluator.evaluate(self._inference_model())
+        self._prior_step = self.step if self.evaluator.prior is not None else -1
         metrics.update(self._stability())
         if "test/kl" in metrics:  # the same reduced number on every rank: all ranks decide alike
             if self.collapse.update(metrics["test/kl"], self.step):
