@@ -90,6 +90,7 @@ def main(argv=None) -> int:
 def run(args, trained) -> int:
     from gen_dist.distributed.engine import Engine
     from gen_dist.generation import images as pngs, sampling
+    from gen_dist.generation.latent_prior import prior_of
 
     engine = Engine("no", trained.cfg.seed)  # sampling runs in float32
     trained.model.to(engine.device)
@@ -98,13 +99,7 @@ def run(args, trained) -> int:
         images = sampling.interpolate(trained, None, *args.interpolate, steps=args.steps, label=args.label,
                                       spherical=not args.linear, batch_size=args.batch_size, engine=engine)
     else:
-        if trained.cfg.eval.prior == "gmm":  # fit on the main process from the run's training data, then shared
-            from gen_dist.data import first_train_images
-            from gen_dist.generation.latent_prior import fit_latent_prior
-
-            cfg = trained.cfg
-            prior = fit_latent_prior(trained.model, first_train_images(cfg.data, None, cfg.eval.prior_images),
-                                     cfg, engine)
+        prior = prior_of(trained, engine)  # the run's eval.prior (or --prior): a VAE's fitted mixture, or None
         images = sampling.sample_images(trained, None, args.num, args.seed, args.label,
                                         batch_size=args.batch_size, engine=engine, progress_bar=True, prior=prior)
     if engine.is_main:

@@ -77,16 +77,28 @@ def fit_gmm(codes: torch.Tensor, components: int, seed: int) -> GaussianMixtureP
                                 torch.from_numpy(np.linalg.cholesky(gmm.covariances_)).float())
 
 
-def fit_latent_prior(vae, train_images: torch.Tensor, cfg, engine, everywhere: bool = True) -> GaussianMixturePrior:
+def fit_latent_prior(vae, train_images: torch.Tensor, cfg, engine=None, everywhere: bool = True) -> GaussianMixturePrior:
     """The mixture of ``eval.prior``, fit on the main process and broadcast (every rank then samples from
     identical parameters, whatever its device's arithmetic). ``everywhere=False``: called on the main
-    process alone (the sample grids), nothing is broadcast."""
+    process alone (the sample grids), nothing is broadcast. ``engine=None``: a single process."""
     from accelerate.utils import broadcast_object_list
 
+    main, world = (engine.is_main, engine.world) if engine is not None else (True, 1)
     state = [None]
-    if engine.is_main:
+    if main:
         codes = posterior_means(vae, train_images[: cfg.eval.prior_images], cfg.data.image_size)
         state[0] = fit_gmm(codes, cfg.eval.prior_components, cfg.seed).state()
-    if everywhere and engine.world > 1:
+    if everywhere and world > 1:
         broadcast_object_list(state, from_process=0)
     return GaussianMixturePrior.from_state(state[0])
+
+
+def prior_of(trained, engine=None) -> GaussianMixturePrior | None:
+    """A loaded checkpoint's latent mixture when its config says ``eval.prior=gmm`` (fit to the first
+    ``eval.prior_images`` training images, as its evaluation did), else None (N(0, I))."""
+    cfg = trained.cfg
+    if cfg.eval.prior != "gmm":
+        return None
+    from gen_dist.data import first_train_images
+
+    return fit_latent_prior(trained.model, first_train_images(cfg.data, None, cfg.eval.prior_images), cfg, engine)

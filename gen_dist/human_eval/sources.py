@@ -14,6 +14,7 @@ import torch
 
 from gen_dist.data import prepare_sources, to_model_range  # the public loader evaluation uses
 from gen_dist.errors import CheckpointError, UserError
+from gen_dist.generation.latent_prior import prior_of
 from gen_dist.generation.sampling import load_trained, sample_images
 
 __all__ = ["CheckpointError", "Model", "UserError", "load_model", "generated", "real_test_images"]
@@ -55,9 +56,10 @@ def _to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 def generated(model: Model, n: int, seed: int) -> torch.Tensor:
-    """Samples 0..n-1 as the evaluation draws them (sample i from latent i of ``seed``; a conditional
-    model's sample i has class i % classes): uint8 [n, C, H, W]."""
-    return _to_uint8(sample_images(model.trained, None, n, seed))
+    """Samples 0..n-1 as the evaluation draws them (sample i from latent i of ``seed``, through the run's
+    latent mixture when it evaluated with ``eval.prior=gmm``; a conditional model's sample i has class
+    i % classes): uint8 [n, C, H, W]."""
+    return _to_uint8(sample_images(model.trained, None, n, seed, prior=prior_of(model.trained)))
 
 
 def real_test_images(model: Model, count: int, seed: int) -> tuple[torch.Tensor, list[int], list[str]]:
