@@ -338,7 +338,8 @@ def validate(cfg: Config, training: bool = True) -> None:
         if _get(cfg, key) < 1:
             raise ConfigError(f"bad value {key}={_get(cfg, key)}: it must be at least 1")
     for key in ["eval.num_samples", "eval.kid_subsets", "eval.kid_subset_size", "eval.pr_k", "eval.max_features",
-                "eval.iwae_images", "eval.collapse_patience", "eval.prior_components", "eval.prior_images", "eval.coverage_samples", "eval.classifier_epochs"]:
+                "eval.iwae_images", "eval.collapse_patience", "eval.prior_components", "eval.prior_images",
+                "eval.coverage_samples", "eval.classifier_epochs"]:
         if _get(cfg, key) < 1:
             raise ConfigError(f"bad value {key}={_get(cfg, key)}: it must be at least 1")
     for key in ["train.max_steps", "train.epochs", "eval.every", "data.limit", "eval.limit", "eval.iwae_k",

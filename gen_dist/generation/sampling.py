@@ -95,10 +95,10 @@ def sample_images(source, cfg: Config | None = None, n: int = 16, seed: int = 0,
         raise UserError(f"asked for {n} images: ask for at least 1")
     model, cfg, num_classes = _resolve(source, cfg)
     y = _labels(num_classes, n, labels)
-    if prior is not None:
-        return _render(model, cfg, n, lambda idx: prior.latents(idx, seed), y, batch_size, engine, progress_bar)
-    return _render(model, cfg, n, lambda idx: latents_for(idx, cfg.model.latent_dim, seed), y, batch_size, engine,
-                   progress_bar)
+    def latents(idx):
+        return prior.latents(idx, seed) if prior is not None else latents_for(idx, cfg.model.latent_dim, seed)
+
+    return _render(model, cfg, n, latents, y, batch_size, engine, progress_bar)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
