@@ -138,7 +138,9 @@ class EvalConfig:
     # where a VAE's / VAE-GAN's samples come from (gen_dist/generation/latent_prior.py): standard = N(0, I), the
     # lesson's; gmm = a Gaussian mixture fit to the posterior means of the first prior_images training images
     prior: str = "standard"
+    # components of the mixture; 0 = the one of prior_choices with the best held-out likelihood of the codes
     prior_components: int = 10
+    prior_choices: List[int] = field(default_factory=lambda: [1, 2, 5, 10, 20, 50, 100])
     prior_images: int = 10000
     kid: bool = True  # KID (unbiased, cubic polynomial kernel) over subsets
     kid_subsets: int = 100
@@ -338,12 +340,12 @@ def validate(cfg: Config, training: bool = True) -> None:
         if _get(cfg, key) < 1:
             raise ConfigError(f"bad value {key}={_get(cfg, key)}: it must be at least 1")
     for key in ["eval.num_samples", "eval.kid_subsets", "eval.kid_subset_size", "eval.pr_k", "eval.max_features",
-                "eval.iwae_images", "eval.collapse_patience", "eval.prior_components", "eval.prior_images",
+                "eval.iwae_images", "eval.collapse_patience", "eval.prior_images",
                 "eval.coverage_samples", "eval.classifier_epochs"]:
         if _get(cfg, key) < 1:
             raise ConfigError(f"bad value {key}={_get(cfg, key)}: it must be at least 1")
     for key in ["train.max_steps", "train.epochs", "eval.every", "data.limit", "eval.limit", "eval.iwae_k",
-                "data.num_workers", "train.grad_clip", "loss.gp_weight", "loss.beta", "eval.classifier_limit"]:
+                "data.num_workers", "eval.prior_components", "train.grad_clip", "loss.gp_weight", "loss.beta", "eval.classifier_limit"]:
         if _get(cfg, key) < 0:
             raise ConfigError(f"bad value {key}={_get(cfg, key)}: it must not be negative")
     for key in ["optim.g.lr", "optim.d.lr", "optim.g.weight_decay", "optim.d.weight_decay", "loss.beta"]:
@@ -355,6 +357,9 @@ def validate(cfg: Config, training: bool = True) -> None:
             raise ConfigError(f"bad value {key}={list(betas)}: Adam needs two betas, each in [0, 1), e.g. [0.5, 0.999]")
     if training and cfg.train.max_steps == 0 and cfg.train.epochs == 0:
         raise ConfigError("no training length: set train.max_steps=N or train.epochs=N")
+    if not cfg.eval.prior_choices or min(cfg.eval.prior_choices) < 1:
+        raise ConfigError(f"bad value eval.prior_choices={list(cfg.eval.prior_choices)}: list the component counts "
+                          "eval.prior_components=0 chooses from, each at least 1, e.g. [5,10,20]")
     if not 0.0 <= cfg.eval.coverage_alarm <= 1.0:
         raise ConfigError(f"bad value eval.coverage_alarm={cfg.eval.coverage_alarm}: use a fraction of the classes "
                           "in [0, 1] (0.5: alarm when fewer than half are covered; 0 = never)")

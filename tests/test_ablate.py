@@ -20,7 +20,7 @@ MODELS = ["vae", "gan", "vaegan_l0", "vaegan_l0.1", "vaegan_l0.5", "vaegan_l1", 
 # 200 samples with a classifier trained on 2,000 images
 QUICK = TINY + ["train.epochs=0", "train.max_steps=4", "eval.every=0", "eval.sample_quality=true",
                 "eval.num_samples=16", "eval.kid_subsets=2", "eval.kid_subset_size=8", "eval.coverage_samples=200",
-                "eval.classifier_limit=2000"]
+                "eval.classifier_limit=2000", "eval.prior_images=500", "eval.prior_choices=[1,2]"]
 SECTIONS = ["## Results", "## Samples", "## Reconstructions", "## Loss curves", "## Stability", "## Findings",
             "### Reconstruction error against the baseline VAE", "### Visual sample quality",
             "### Stability during training", "### The lambda trade-off (0 vs 1)", "### Mode coverage",
@@ -73,6 +73,8 @@ def test_study_trains_every_model_and_writes_the_report(study):
         assert len(sync["sync/param_hashes"]) == 2 and sync["sync/params_identical"] == 1
         final = [r for r in metrics if "coverage/kl" in r][-1]
         assert final["step"] == 4 and "fid" in final and "precision" in final
+        if not m.startswith("gan"):  # every VAE sampled from its mixture, K chosen from [1, 2]
+            assert final["prior/components"] in (1, 2)
         # the table shows the run's own final evaluation
         assert rows[m]["FID"] == f"{final['fid']:.1f}" and rows[m]["class KL (nats)"] == f"{final['coverage/kl']:.3f}"
         if not m.startswith("gan"):  # gan, gan_s1

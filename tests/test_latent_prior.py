@@ -17,7 +17,7 @@ from conftest import REPO, TINY, read_metrics, train
 from gen_dist.config import load_config
 from gen_dist.data import first_train_images
 from gen_dist.errors import ConfigError
-from gen_dist.generation.latent_prior import fit_gmm, posterior_means
+from gen_dist.generation.latent_prior import choose_components, fit_gmm, fit_latent_prior, posterior_means
 from gen_dist.generation.loading import load_trained
 from gen_dist.noise import latents_for
 
@@ -63,6 +63,29 @@ def test_a_gan_is_refused_and_components_must_fit_the_images():
         fit_gmm(torch.randn(5, 2, dtype=torch.float64), 10, seed=0)
 
 
+def test_components_chosen_by_held_out_likelihood():
+    """eval.prior_components=0: three true clusters give K=3; more components fit the held-out 20% worse."""
+    g = torch.Generator().manual_seed(0)
+    means = torch.tensor([[4.0, 0, 0, 0], [-4.0, 0, 0, 0], [0, 4.0, 0, 0]])
+    scales = torch.tensor([0.5, 1.0, 0.25])
+    codes = torch.cat([means[k] + scales[k] * torch.randn(n, 4, generator=g) for k, n in enumerate([3000, 2000, 1000])])
+    codes = codes[torch.randperm(len(codes), generator=g)].double()  # the held-out part is the last 20%
+    k, scores = choose_components(codes, [1, 2, 3, 30], seed=0)
+    assert k == 3 and scores[1] < scores[2] < scores[3] and scores[30] < scores[3]
+    # by hand: K=3 fit to the first 4,800 codes, scored on the other 1,200 (mean log-likelihood per code)
+    from sklearn.mixture import GaussianMixture
+
+    gmm = GaussianMixture(3, covariance_type="full", random_state=0, max_iter=200, reg_covar=1e-6)
+    assert scores[3] == pytest.approx(gmm.fit(codes[:4800].numpy()).score(codes[4800:].numpy()), rel=1e-9)
+    assert 2000 not in choose_components(codes[:2000], [3, 2000], seed=0)[1]  # more components than codes: skipped
+    with pytest.raises(ConfigError, match="every eval.prior_choices value is more than the 80 codes"):
+        choose_components(codes[:100], [500], seed=0)
+    with pytest.raises(ConfigError, match=r"bad value eval.prior_choices=\[\]"):
+        load_config(REPO / "configs" / "conv_vae_mnist.yaml", ["eval.prior_choices=[]"])
+    with pytest.raises(ConfigError, match="eval.prior_components=-1: it must not be negative"):
+        load_config(REPO / "configs" / "conv_vae_mnist.yaml", ["eval.prior_components=-1"])
+
+
 @pytest.fixture(scope="module")
 def vae_run(data_root, tmp_path_factory) -> Path:
     """A tiny conv VAE trained with eval.prior=gmm on 2 processes: its evaluation and grids use the mixture."""
@@ -76,6 +99,7 @@ def vae_run(data_root, tmp_path_factory) -> Path:
 def test_training_evaluates_and_draws_grids_from_the_mixture(vae_run):
     rows = [r for r in read_metrics(vae_run) if "coverage/classes_covered" in r]
     assert len(rows) == 1 and rows[0]["step"] == 6  # mode coverage ran on the mixture's samples
+    assert rows[0]["prior/components"] == 3
     for step in (3, 6):  # step 3 has no evaluation before it: the grid fit the mixture itself
         caption = Image.open(vae_run / "samples" / f"step_{step:09d}.png").text["caption"]
         assert "samples from the latent mixture" in caption
@@ -111,3 +135,16 @@ def test_sample_cli_draws_the_mixture_on_one_and_two_processes(vae_run, data_roo
         r, c = divmod(i, 4)
         tile = grid[2 + r * 30: 2 + r * 30 + 28, 2 + c * 30: 2 + c * 30 + 28]
         assert np.array_equal(tile, pixels[i, 0].numpy())
+
+
+def test_held_out_choice_is_what_the_evaluation_fits(vae_run):
+    """eval.prior_components=0 on a trained VAE: the evaluation's mixture is the one fit by hand with the K
+    that choose_components picks from the same codes."""
+    trained = load_trained(vae_run / "checkpoints" / "final.pt", ["eval.prior_components=0", "eval.prior_choices=[1,4]"])
+    cfg = trained.cfg
+    images = first_train_images(cfg.data, None, 256)
+    codes = posterior_means(trained.model, images, cfg.data.image_size)
+    k, _ = choose_components(codes, [1, 4], seed=cfg.seed)
+    prior = fit_latent_prior(trained.model, images, cfg)
+    expected = fit_gmm(codes, k, seed=cfg.seed)
+    assert len(prior.weights) == k and torch.equal(prior.means, expected.means)

@@ -64,7 +64,7 @@ class Evaluator:
     def evaluate(self, model) -> dict:
         metrics: dict = {}
         if self.uses_prior:
-            self.fit_prior(model)
+            metrics["prior/components"] = len(self.fit_prior(model).weights)
         if self.cfg.model.kind in ("vae", "vaegan"):
             metrics.update(self.vae_metrics(model))
         if self.wants_features:
@@ -87,10 +87,12 @@ class Evaluator:
         from gen_dist.generation.latent_prior import fit_latent_prior
 
         c = self.cfg.eval
-        with self.progress.stage(f"latent prior: {c.prior_components}-component mixture"):
+        # a grid between evaluations keeps the K the last evaluation chose (a choice costs one fit per candidate)
+        k = c.prior_components or (0 if everywhere or self.prior is None else len(self.prior.weights))
+        with self.progress.stage(f"latent prior: {f'{k}-component' if k else 'held-out-chosen'} mixture"):
             if self._train_images is None:
                 self._train_images = first_train_images(self.cfg.data, self._train, c.prior_images)
-            self.prior = fit_latent_prior(vae, self._train_images, self.cfg, self.engine, everywhere)
+            self.prior = fit_latent_prior(vae, self._train_images, self.cfg, self.engine, everywhere, k)
         return self.prior
 
     def latents(self, idx: torch.Tensor) -> torch.Tensor:

@@ -77,17 +77,44 @@ def fit_gmm(codes: torch.Tensor, components: int, seed: int) -> GaussianMixtureP
                                 torch.from_numpy(np.linalg.cholesky(gmm.covariances_)).float())
 
 
-def fit_latent_prior(vae, train_images: torch.Tensor, cfg, engine=None, everywhere: bool = True) -> GaussianMixturePrior:
+def choose_components(codes: torch.Tensor, choices, seed: int) -> tuple[int, dict[int, float]]:
+    """``eval.prior_components=0``: the K in ``choices`` whose mixture, fit to the first 80% of the codes,
+    gives the other 20% the highest mean log-likelihood per code. A held-out choice on training codes
+    alone: no test image and no sample metric is looked at, so it can be made for every model alike.
+    Returns K and each candidate's held-out log-likelihood (those with more components than codes are
+    left out)."""
+    from sklearn.mixture import GaussianMixture
+
+    cut = len(codes) * 4 // 5
+    fit, held = codes[:cut].numpy(), codes[cut:].numpy()
+    scores = {}
+    for k in sorted(set(int(c) for c in choices)):
+        if k > len(fit):
+            continue
+        gmm = GaussianMixture(k, covariance_type="full", random_state=seed, max_iter=200, reg_covar=1e-6).fit(fit)
+        scores[k] = float(gmm.score(held))
+    if not scores:
+        from gen_dist.errors import ConfigError
+
+        raise ConfigError(f"every eval.prior_choices value is more than the {len(fit)} codes the choice fits: "
+                          "lower eval.prior_choices or raise eval.prior_images")
+    return max(scores, key=scores.get), scores
+
+
+def fit_latent_prior(vae, train_images: torch.Tensor, cfg, engine=None, everywhere: bool = True,
+                     components: int = 0) -> GaussianMixturePrior:
     """The mixture of ``eval.prior``, fit on the main process and broadcast (every rank then samples from
     identical parameters, whatever its device's arithmetic). ``everywhere=False``: called on the main
-    process alone (the sample grids), nothing is broadcast. ``engine=None``: a single process."""
+    process alone (the sample grids), nothing is broadcast. ``engine=None``: a single process.
+    ``components``: K when already chosen (else ``eval.prior_components``, or the held-out choice when 0)."""
     from accelerate.utils import broadcast_object_list
 
     main, world = (engine.is_main, engine.world) if engine is not None else (True, 1)
     state = [None]
     if main:
         codes = posterior_means(vae, train_images[: cfg.eval.prior_images], cfg.data.image_size)
-        state[0] = fit_gmm(codes, cfg.eval.prior_components, cfg.seed).state()
+        k = components or cfg.eval.prior_components or choose_components(codes, cfg.eval.prior_choices, cfg.seed)[0]
+        state[0] = fit_gmm(codes, k, cfg.seed).state()
     if everywhere and world > 1:
         broadcast_object_list(state, from_process=0)
     return GaussianMixturePrior.from_state(state[0])
