@@ -345,7 +345,8 @@ def validate(cfg: Config, training: bool = True) -> None:
         if _get(cfg, key) < 1:
             raise ConfigError(f"bad value {key}={_get(cfg, key)}: it must be at least 1")
     for key in ["train.max_steps", "train.epochs", "eval.every", "data.limit", "eval.limit", "eval.iwae_k",
-                "data.num_workers", "eval.prior_components", "train.grad_clip", "loss.gp_weight", "loss.beta", "eval.classifier_limit"]:
+                "data.num_workers", "eval.prior_components", "train.grad_clip", "loss.gp_weight", "loss.beta",
+                "eval.classifier_limit"]:
         if _get(cfg, key) < 0:
             raise ConfigError(f"bad value {key}={_get(cfg, key)}: it must not be negative")
     for key in ["optim.g.lr", "optim.d.lr", "optim.g.weight_decay", "optim.d.weight_decay", "loss.beta"]:

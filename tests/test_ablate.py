@@ -82,7 +82,7 @@ def test_study_trains_every_model_and_writes_the_report(study):
             assert final["test/active_units"] >= 0 and "test/kl" in final
         assert any(k.startswith("stability/") for k in final)
     assert rows["gan"]["test MSE/pixel"] == "–" and rows["vaegan_l0.5"]["lambda"] == "0.5"
-    assert rows["vaegan_adaptive"]["lambda"] == "adaptive x3"
+    assert rows["vaegan_adaptive"]["lambda"] == "adaptive x3 (pixel + learned similarity)"
     assert rows["vaegan_learned"]["lambda"] == "1 (learned similarity)"
     # the lambda=0 vs 1 paragraph quotes the two runs' numbers
     mse0 = [r for r in read_metrics(out / "vaegan_l0") if "test/mse" in r][-1]["test/mse"]

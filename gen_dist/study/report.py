@@ -89,7 +89,7 @@ def results_table(runs: list[ModelRun]) -> tuple[list[str], list[list[tuple[str,
         if r.cfg.model.kind == "vaegan" and r.cfg.loss.adv_weight == "adaptive":
             lam = f"adaptive x{r.lam:g}"
         if r.cfg.model.kind == "vaegan" and r.cfg.loss.similarity != "pixel":
-            lam += f" ({r.cfg.loss.similarity} similarity)"
+            lam += {"learned": " (learned similarity)", "both": " (pixel + learned similarity)"}[r.cfg.loss.similarity]
         row = [(r.name if r.finished else f"{r.name} (not finished)", False), (r.cfg.model.kind, False), (lam, False)]
         for key, _, _, spec in cols:
             v = r.metrics.get(key)
