@@ -140,7 +140,8 @@ def test_sample_cli_draws_the_mixture_on_one_and_two_processes(vae_run, data_roo
 def test_held_out_choice_is_what_the_evaluation_fits(vae_run):
     """eval.prior_components=0 on a trained VAE: the evaluation's mixture is the one fit by hand with the K
     that choose_components picks from the same codes."""
-    trained = load_trained(vae_run / "checkpoints" / "final.pt", ["eval.prior_components=0", "eval.prior_choices=[1,4]"])
+    trained = load_trained(vae_run / "checkpoints" / "final.pt",
+                           ["eval.prior_components=0", "eval.prior_choices=[1,4]"])
     cfg = trained.cfg
     images = first_train_images(cfg.data, None, 256)
     codes = posterior_means(trained.model, images, cfg.data.image_size)
