@@ -62,17 +62,23 @@ def posterior_means(vae, images: torch.Tensor, image_size: int, batch: int = 500
     return torch.cat(out)
 
 
-def fit_gmm(codes: torch.Tensor, components: int, seed: int) -> GaussianMixturePrior:
-    """A full-covariance Gaussian mixture by EM (scikit-learn), k-means initialised from ``seed``."""
+def _em(codes: np.ndarray, components: int, seed: int):
+    """A full-covariance Gaussian mixture by EM (scikit-learn), k-means initialised from ``seed``: the one
+    estimator behind both the fit and the held-out choice, so the choice scores what the fit then builds."""
     from sklearn.mixture import GaussianMixture
 
+    return GaussianMixture(components, covariance_type="full", random_state=seed, max_iter=200,
+                           reg_covar=1e-6).fit(codes)
+
+
+def fit_gmm(codes: torch.Tensor, components: int, seed: int) -> GaussianMixturePrior:
+    """The mixture of ``components`` fit to ``codes`` (see ``_em``)."""
     if len(codes) < components:
         from gen_dist.errors import ConfigError
 
         raise ConfigError(f"eval.prior_components={components} is more than the {len(codes)} training images the "
                           "mixture is fit to: lower eval.prior_components or raise eval.prior_images")
-    gmm = GaussianMixture(components, covariance_type="full", random_state=seed, max_iter=200,
-                          reg_covar=1e-6).fit(codes.numpy())
+    gmm = _em(codes.numpy(), components, seed)
     return GaussianMixturePrior(torch.from_numpy(gmm.weights_).float(), torch.from_numpy(gmm.means_).float(),
                                 torch.from_numpy(np.linalg.cholesky(gmm.covariances_)).float())
 
@@ -83,16 +89,13 @@ def choose_components(codes: torch.Tensor, choices, seed: int) -> tuple[int, dic
     alone: no test image and no sample metric is looked at, so it can be made for every model alike.
     Returns K and each candidate's held-out log-likelihood (those with more components than codes are
     left out)."""
-    from sklearn.mixture import GaussianMixture
-
     cut = len(codes) * 4 // 5
     fit, held = codes[:cut].numpy(), codes[cut:].numpy()
     scores = {}
     for k in sorted(set(int(c) for c in choices)):
         if k > len(fit):
             continue
-        gmm = GaussianMixture(k, covariance_type="full", random_state=seed, max_iter=200, reg_covar=1e-6).fit(fit)
-        scores[k] = float(gmm.score(held))
+        scores[k] = float(_em(fit, k, seed).score(held))
     if not scores:
         from gen_dist.errors import ConfigError
 
