@@ -15,7 +15,7 @@ from wandb_reader import records
 
 STUDY = str(REPO / "configs" / "ablation_mnist.yaml")
 MODELS = ["vae", "gan", "vaegan_l0", "vaegan_l0.1", "vaegan_l0.5", "vaegan_l1", "vaegan_learned", "vaegan_adaptive",
-          "vae_s1", "gan_s1", "vaegan_adaptive_s1"]
+          "vae_s1", "gan_s1", "vaegan_adaptive_s1", "vaegan_learned_s1"]
 # a few steps per model; FID/KID/precision-recall on 16 samples (real Inception weights), mode coverage on
 # 200 samples with a classifier trained on 2,000 images
 QUICK = TINY + ["train.epochs=0", "train.max_steps=4", "eval.every=0", "eval.sample_quality=true",
