@@ -9,6 +9,7 @@ import shutil
 import subprocess
 
 import pytest
+import torch
 
 from conftest import PYTHON, REPO, TINY, read_metrics, run_env, train
 from wandb_reader import records
@@ -97,6 +98,33 @@ def test_study_trains_every_model_and_writes_the_report(study):
               if r.WhichOneof("record_type") == "history" for i in r.history.item}
     assert logged["results/_type"] == "table-file" and logged["results/nrows"] == len(MODELS)
     assert logged["samples/_type"] == "image-file"
+
+
+def test_report_samples_are_the_evaluated_ones(study, data_root, monkeypatch):
+    """A VAE evaluated with its latent mixture is shown with samples from that mixture (the images FID
+    was computed on), not from N(0, I); a seed-1 model with its own seed's latents."""
+    from PIL import Image
+    import numpy as np
+
+    from gen_dist.generation.latent_prior import prior_of
+    from gen_dist.generation.loading import load_trained
+    from gen_dist.generation.sampling import sample_images
+    from torchvision.utils import make_grid
+
+    monkeypatch.setenv("GEN_DIST_DATA", data_root)
+    out, _ = study
+
+    def pixels(images):
+        grid = make_grid(images, nrow=4).mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+        return grid.permute(1, 2, 0).numpy()
+
+    for name, seed in (("vae", 0), ("vaegan_adaptive_s1", 1)):
+        trained = load_trained(out / name / "checkpoints" / "final.pt")
+        shown = np.asarray(Image.open(out / "figures" / f"samples_{name}.png").convert("RGB"))
+        mixture = pixels(sample_images(trained, n=16, seed=seed, prior=prior_of(trained)))
+        standard = pixels(sample_images(trained, n=16, seed=seed))
+        assert np.array_equal(shown, mixture), name
+        assert not np.array_equal(shown, standard), name
 
 
 def test_rerun_skips_finished_models_and_trains_the_rest(study, data_root, env):

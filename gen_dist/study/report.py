@@ -124,16 +124,21 @@ def _grid(images: torch.Tensor, nrow: int):
     return g.permute(1, 2, 0).numpy()
 
 
-def sample_figures(runs: list[ModelRun], seed: int, folder: Path) -> dict[str, Path]:
+def sample_figures(runs: list[ModelRun], folder: Path) -> dict[str, Path]:
     """16 samples per model (sample i from the evaluation's latent i: the same latents for models of the
-    same latent size), one grid each and all side by side."""
+    same latent size, seed and sampler), one grid each and all side by side. A model evaluated with
+    ``eval.prior=gmm`` is drawn from its mixture, refit as its evaluation fit it: the pictures show the
+    samples FID was computed on, not N(0, I) ones."""
     from gen_dist.generation.images import save_grid  # torchvision: see _load_final
+    from gen_dist.generation.latent_prior import prior_of
     from gen_dist.generation.sampling import sample_images
 
     grids = {}
     for r in runs:
         if r.finished:
-            images = sample_images(_load_final(r), n=16, seed=seed)
+            trained = _load_final(r)
+            # the model's own seed keys its evaluation's latents (a *_s1 model: seed 1)
+            images = sample_images(trained, n=16, seed=r.cfg.seed, prior=prior_of(trained))
             grids[r.name] = images
             save_grid(images, folder / f"samples_{r.name}.png", nrow=4)
     if not grids:
@@ -458,11 +463,12 @@ def build_report(study: str, study_dir: Path, runs: list[ModelRun], test_images:
                      "image (the seed's printed loss); MSE is per pixel on the test split.")]
     images = {}
     blocks.append(("h2", "Samples"))
-    samples = sample_figures(done, cfg0.seed, folder)
+    samples = sample_figures(done, folder)
     images.update(samples)
     if samples:
-        blocks += [("p", "16 samples per model, sample i from the evaluation's latent i (the same latents "
-                         "for every model with the same latent size)."), ("img", "figures/samples.png", "samples")]
+        blocks += [("p", "16 samples per model: the first 16 its evaluation computed FID on (sample i from "
+                         "the evaluation's latent i, from the model's latent mixture when it was evaluated "
+                         "with one; the same latents for models with the same latent size, seed and sampler)."), ("img", "figures/samples.png", "samples")]
     else:
         blocks.append(("p", "No finished run to sample from."))
     blocks.append(("h2", "Reconstructions"))
