@@ -5,7 +5,7 @@ cache. FID equal to pytorch-fid's with the fast path: tests/test_fid_pytorch_fid
 
 Tolerance: features are 0..~5; the fast path changes only float rounding (folded BatchNorm, the
 [-1, 1] scaling folded into the first convolution, a summed first-convolution kernel for grey,
-channels_last kernels), measured at ~1.5e-5 max abs on 64 MNIST images; we allow 1e-4.
+channels_last kernels, convolution and ReLU fused in oneDNN), measured at ~1.5e-5 max abs on 64 MNIST images; we allow 1e-4.
 """
 
 import os
@@ -66,6 +66,31 @@ def test_fast_features_equal_reference_on_mnist(models, data_root):
     # [0, 1], as generators give them, are quantised like uint8
     assert torch.equal(extract_features(fast, grey[:5].expand(-1, 3, -1, -1)), few)
     assert torch.equal(extract_features(fast, grey[:5].float() / 255), few)
+
+@needs_weights
+def test_every_convolution_runs_fused_in_onednn(models, data_root, monkeypatch):
+    """On CPU each convolution and its ReLU run as one oneDNN primitive: none falls back to PyTorch's
+    im2col path (where its dispatch sends 1x1 convolutions); the features equal the two-op path's."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from gen_dist.evaluation.metrics import inception
+
+    _, fast = models
+    grey = torchvision.datasets.MNIST(data_root, train=False, download=False).data[:2, None]
+    assert inception._POINTWISE is not None, "this PyTorch build has no oneDNN fused convolution"
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fused = extract_features(fast, grey)
+    ops = {e.key: e.count for e in prof.key_averages()}
+    assert ops.get("mkldnn::_convolution_pointwise") == 94, ops  # Inception's 94 convolutions
+    assert "aten::_slow_conv2d_forward" not in ops and "aten::mkldnn_convolution" not in ops
+    monkeypatch.setattr(inception, "FUSED_CONV_RELU", False)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        plain = extract_features(fast, grey)
+    assert "mkldnn::_convolution_pointwise" not in {e.key for e in prof.key_averages()}
+    diff = (fused - plain).abs().max().item()
+    print(f"fused conv + ReLU vs two ops: max abs feature difference {diff:.2e}")
+    assert diff < TOL
+
 
 @needs_weights
 def test_fast_features_equal_reference_on_colour(models):

@@ -75,18 +75,21 @@ def _checked(mu1, sigma1, mu2, sigma2):
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """||mu1 - mu2||^2 + tr(s1) + tr(s2) - 2 tr(sqrt(s1 s2)), via two symmetric eigensolves.
 
-    s1 s2 is similar to sqrt(s1) s2 sqrt(s1), which is symmetric positive semi-definite, so
-    tr(sqrt(s1 s2)) is the sum of the square roots of that matrix's eigenvalues. At 2048-d on one
-    core this takes 3-5 s against 18-27 s for the Schur-based `scipy.linalg.sqrtm` pytorch-fid uses,
-    and needs no epsilon or imaginary-part clean-up for singular covariances (fewer images than
-    dimensions), where it is also the more accurate of the two.
+    With s1 = V W V^T, s1 s2 is similar to sqrt(s1) s2 sqrt(s1) and, V being orthogonal, to
+    U^T s2 U with U = V sqrt(W): symmetric positive semi-definite, so tr(sqrt(s1 s2)) is the sum of
+    the square roots of its eigenvalues. Only the r directions where s1 is not numerically zero
+    enter U (r = n - 1 for n < dims images), so the second eigensolve is r x r. At 2048-d on one
+    core: ~1.5 s for 200 images, ~3 s at full rank, against 18-27 s for the Schur-based
+    `scipy.linalg.sqrtm` pytorch-fid uses, with no epsilon or imaginary-part clean-up for singular
+    covariances, where it is also the more accurate of the two.
     """
     mu1, s1, mu2, s2 = _checked(mu1, sigma1, mu2, sigma2)
     w, v = np.linalg.eigh(s1)
-    sqrt_s1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # rounding can make tiny eigenvalues < 0
-    m = sqrt_s1 @ s2 @ sqrt_s1
+    keep = w > w.max(initial=0.0) * len(w) * np.finfo(np.float64).eps  # s1's numerical rank
+    u = v[:, keep] * np.sqrt(w[keep])
+    m = u.T @ s2 @ u
     ev = np.linalg.eigvalsh((m + m.T) / 2)
-    tr_covmean = np.sqrt(np.clip(ev, 0, None)).sum()
+    tr_covmean = np.sqrt(np.clip(ev, 0, None)).sum()  # rounding can make tiny eigenvalues < 0
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
 

@@ -155,7 +155,34 @@ class _ConvReLU(nn.Module):
             self.conv.bias.copy_(bn.bias.double() - bn.running_mean.double() * s)
 
     def forward(self, x):
-        return F.relu(self.conv(x), inplace=True)
+        return conv_relu(self.conv, x)
+
+
+def _cpu_fusable(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+
+
+def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """relu(conv(x)). On CPU in float32 as one oneDNN primitive with the ReLU as a post-op: the
+    tensor is written once instead of twice, and the 1x1 convolutions (half of Inception's), which
+    PyTorch's own dispatch sends to its slower im2col + GEMM path, run in oneDNN too (1.1-1.2x the
+    whole forward, docs/performance.md). The op is the one torch.compile's CPU backend emits; where
+    it is missing (other builds), the plain two ops."""
+    global _POINTWISE
+    if FUSED_CONV_RELU and _POINTWISE is not None and _cpu_fusable(x):
+        try:
+            return _POINTWISE(x, conv.weight, conv.bias, list(conv.padding), list(conv.stride),
+                              list(conv.dilation), conv.groups, "relu", [], "")
+        except RuntimeError:  # a build whose oneDNN lacks it: the plain ops from now on
+            _POINTWISE = None
+    return F.relu(conv(x), inplace=True)
+
+
+# torch.ops.mkldnn._convolution_pointwise(input, weight, bias, padding, stride, dilation, groups, attr,
+# scalars, algorithm): present in every PyTorch built with oneDNN (all x86 wheels)
+_POINTWISE = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None) \
+    if torch.backends.mkldnn.is_available() else None
+FUSED_CONV_RELU = True  # bench/inception_forward.py turns it off to measure its gain
 
 
 def _fold_batchnorms(module: nn.Module) -> None:
@@ -214,7 +241,7 @@ class FastInception(nn.Module):
         x = x.contiguous(memory_format=layout)
         x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
         x = x.contiguous(memory_format=layout)  # a no-op unless interpolate changed the layout
-        x = F.relu(self.grey_first(x) if x.shape[1] == 1 else self.rgb_first(x), inplace=True)
+        x = conv_relu(self.grey_first if x.shape[1] == 1 else self.rgb_first, x)
         if self.bf16:
             with torch.autocast(x.device.type, dtype=torch.bfloat16):
                 x = self.body(x)
