@@ -48,9 +48,10 @@ def main(argv=None) -> int:
         from gen_dist.training.preflight import preflight
 
         preflight(cfg)
+        from gen_dist.distributed.teardown import keep_until_exit
         from gen_dist.training.trainer import Trainer
 
-        Trainer(cfg).train()
+        keep_until_exit(Trainer(cfg)).train()  # collected before the exit, its DDP reducer could hang the rank
     except UserError as e:
         if not getattr(e, "quiet", False):  # a non-finite loss: every rank stops, the main one says why
             print(f"gen_dist: error: {e}", file=sys.stderr, flush=True)

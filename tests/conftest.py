@@ -19,10 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 ACCELERATE = str(Path(PYTHON).with_name("accelerate"))
 
-# Small models so that a multi-process launch takes seconds on two CPU cores.
+# Small models so that a multi-process launch takes seconds on two CPU cores. W&B off: its start and
+# finish cost 1.5-3 s per launch here; the tests about W&B turn it back on (WANDB_ON, after TINY).
 TINY = ["data.limit=512", "train.batch_size=16", "eval.limit=64", "eval.batch_size=64", "model.g_width=8",
         "model.d_width=8", "model.hidden_dim=32", "train.progress_bar=false", "train.log_every=1",
-        "data.num_workers=0", "eval.sample_quality=false", "eval.coverage_samples=256"]
+        "data.num_workers=0", "eval.sample_quality=false", "eval.coverage_samples=256", "tracking.wandb=false"]
+WANDB_ON = ["tracking.wandb=true"]
 NO_FID = ["eval.sample_quality=false"]  # Inception costs ~0.13 s per image here: only where a test needs it
 
 WEIGHTS = os.environ.get("GEN_DIST_INCEPTION_WEIGHTS",

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import torch
 
-from conftest import PYTHON, REPO, TINY, read_metrics, run_env, train
+from conftest import PYTHON, REPO, TINY, WANDB_ON, read_metrics, run_env, train
 from wandb_reader import records
 
 STUDY = str(REPO / "configs" / "ablation_mnist.yaml")
@@ -19,7 +19,7 @@ MODELS = ["vae", "gan", "vaegan_l0", "vaegan_l0.1", "vaegan_l0.5", "vaegan_l1", 
           "vae_s1", "gan_s1", "vaegan_adaptive_s1", "vaegan_learned_s1"]
 # a few steps per model; FID/KID/precision-recall on 16 samples (real Inception weights), mode coverage on
 # 200 samples with a classifier trained on 2,000 images
-QUICK = TINY + ["train.epochs=0", "train.max_steps=4", "eval.every=0", "eval.sample_quality=true",
+QUICK = TINY + WANDB_ON + ["train.epochs=0", "train.max_steps=4", "eval.every=0", "eval.sample_quality=true",
                 "eval.num_samples=16", "eval.kid_subsets=2", "eval.kid_subset_size=8", "eval.coverage_samples=200",
                 "eval.classifier_limit=2000", "eval.prior_images=500", "eval.prior_choices=[1,2]"]
 SECTIONS = ["## Results", "## Samples", "## Reconstructions", "## Loss curves", "## Stability", "## Findings",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, kill_when_exists, read_metrics, run_env, train, train_cmd
+from conftest import TINY, WANDB_ON, kill_when_exists, read_metrics, run_env, train, train_cmd
 from wandb_reader import history, run_id
 
 from gen_dist import checkpoint as ckpt
@@ -15,7 +15,7 @@ from gen_dist import checkpoint as ckpt
 pytestmark = pytest.mark.slow
 STEPS = 40
 ARGS = ["--config", "configs/vaegan_mnist.yaml", f"train.max_steps={STEPS}", "train.checkpoint_every=2",
-        "train.keep_checkpoints=3", "train.sample_every=10", "eval.every=10", "loss.disc_start=0", *TINY]
+        "train.keep_checkpoints=3", "train.sample_every=10", "eval.every=10", "loss.disc_start=0", *TINY, *WANDB_ON]
 
 
 def _final_state(run: Path) -> dict:
@@ -58,15 +58,15 @@ def test_sigkill_then_resume_equals_uninterrupted(data_root, tmp_path):
 def test_damaged_checkpoint(data_root, tmp_path):
     run = tmp_path / "run"
     train(data_root, 1, "--config", "configs/vae_mnist.yaml", f"run.dir={run}", "train.max_steps=4",
-          "train.checkpoint_every=2", *TINY)
+          "train.checkpoint_every=2", *TINY, *WANDB_ON)
     newest = ckpt.step_path(run / "checkpoints", 4)
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a full disk
     # an explicit path names the problem and exits 2
     proc = train(data_root, 1, "--config", "configs/vae_mnist.yaml", f"run.dir={run}", "train.max_steps=6",
-                 f"train.resume={newest}", *TINY, check=False)
+                 f"train.resume={newest}", *TINY, *WANDB_ON, check=False)
     assert proc.returncode == 2 and "is damaged" in proc.stderr and str(newest) in proc.stderr
     # auto skips it with a warning and resumes from the previous one
-    proc = train(data_root, 1, "--config", "configs/vae_mnist.yaml", f"run.dir={run}", "train.max_steps=6", *TINY)
+    proc = train(data_root, 1, "--config", "configs/vae_mnist.yaml", f"run.dir={run}", "train.max_steps=6", *TINY, *WANDB_ON)
     assert "resumed from" in proc.stdout and "step_000000002.pt" in proc.stdout
     assert "is damaged" in proc.stderr
 
@@ -74,7 +74,7 @@ def test_damaged_checkpoint(data_root, tmp_path):
 def test_wandb_offline_run_holds_scalars_and_images(data_root, tmp_path):
     run = tmp_path / "run"
     train(data_root, 2, "--config", "configs/vaegan_mnist.yaml", f"run.dir={run}", "train.max_steps=4",
-          "loss.disc_start=0", "train.sample_every=2", "eval.every=2", *TINY)
+          "loss.disc_start=0", "train.sample_every=2", "eval.every=2", *TINY, *WANDB_ON)
     files = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1
     rows = history(files[0])
@@ -93,5 +93,5 @@ def test_wandb_offline_run_holds_scalars_and_images(data_root, tmp_path):
 def test_wandb_can_be_switched_off(data_root, tmp_path):
     run = tmp_path / "run"
     train(data_root, 1, "--config", "configs/vae_mnist.yaml", f"run.dir={run}", "train.max_steps=2",
-          "tracking.wandb=false", *TINY)
+          *TINY, *WANDB_ON, "tracking.wandb=false")
     assert not (run / "wandb").exists() and read_metrics(run)

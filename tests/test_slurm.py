@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, REPO, SHARD_CACHE, TINY, read_metrics, run_env
+from conftest import PYTHON, REPO, SHARD_CACHE, TINY, WANDB_ON, read_metrics, run_env
 
 from gen_dist import checkpoint as ckpt
 
@@ -28,7 +28,7 @@ SLURM = REPO / "slurm"
 SCRIPTS = sorted(str(p) for p in SLURM.iterdir() if p.suffix in (".sh", ".sbatch"))
 STEPS = 100  # a signal sent after 3 logged steps lands by step ~15 (checked every 5 steps)
 CONFIG = "configs/dcgan32_mnist.yaml"
-ARGS = [*TINY, "train.checkpoint_every=1000"]
+ARGS = [*TINY, *WANDB_ON, "train.checkpoint_every=1000"]  # one run across requeues in W&B too
 FID_ONLY = ["eval.sample_quality=true", "eval.fid=true", "eval.kid=false", "eval.precision_recall=false"]
 CPU = ["--gpus-per-node=0"]  # the scripts ask for 8 GPUs by default; this cluster has none
 TWO_NODES = ["--nodes=2", "--cpus-per-task=1", *CPU]  # 2 nodes x 1 CPU process

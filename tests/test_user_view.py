@@ -13,13 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import PYTHON, REPO, TINY, run_env, train
+from conftest import PYTHON, REPO, TINY, WANDB_ON, run_env, train
 from wandb_reader import records
 
 # a VAE-GAN run whose one evaluation (FID/KID/PR on 96 images, test metrics, mode coverage) takes
 # seconds while a training step takes milliseconds: an ETA that counted it would grow a hundredfold
 STEPS, EVAL_AT = 40, 20
-ARGS = ["--config", "configs/vaegan_mnist.yaml", *TINY, "loss.disc_start=0", f"train.max_steps={STEPS}",
+ARGS = ["--config", "configs/vaegan_mnist.yaml", *TINY, *WANDB_ON, "loss.disc_start=0", f"train.max_steps={STEPS}",
         f"eval.every={EVAL_AT}", f"train.sample_every={EVAL_AT}", f"train.checkpoint_every={EVAL_AT}",
         "train.log_every=5", "eval.sample_quality=true", "eval.num_samples=96", "eval.limit=96",
         "eval.batch_size=48", "eval.kid_subsets=2", "eval.kid_subset_size=48", "eval.pr_k=3",
@@ -136,7 +136,7 @@ def test_end_of_run_block_names_real_files_and_its_sample_command_works(shown_ru
 
 
 def test_no_terminal_gives_one_line_per_stage_and_artifacts_can_be_turned_off(data_root, tmp_path):
-    proc = train(data_root, 1, "--config", "configs/vae_mnist.yaml", *TINY, "train.max_steps=4", "eval.every=2",
+    proc = train(data_root, 1, "--config", "configs/vae_mnist.yaml", *TINY, *WANDB_ON, "train.max_steps=4", "eval.every=2",
                  "train.checkpoint_every=2", "tracking.wandb_artifacts=false", f"run.dir={tmp_path / 'run'}")
     lines = re.findall(r"^gen_dist: VAE test metrics: 64 img in [\d.]+s$", proc.stderr, re.M)
     assert len(lines) == 2, proc.stderr[-2000:]

@@ -90,7 +90,7 @@ class Engine:
         the EMA ask every step (bench/train_step.py)."""
         plain = self._plain.get(id(model))
         if plain is None:
-            plain = model.module if self.deepspeed is not None else self.accelerator.unwrap_model(model)
+            plain = model.module if self.deepspeed is not None else _unwrap_ddp(model)
             self._plain[id(model)] = plain
         return plain
 
@@ -231,3 +231,17 @@ class Engine:
 
     def end(self) -> None:
         self.accelerator.end_training()
+
+
+def _unwrap_ddp(model: nn.Module) -> nn.Module:
+    """What accelerator.unwrap_model returns for the containers a DDP run can have (DDP around the
+    module; a torch.compile wrapper, kept, around that), without it: it imports DeepSpeed on every
+    first call (0.6 s per process) only to test for a DeepSpeed engine, which a DDP run never has."""
+    compiled = model if isinstance(model, torch._dynamo.eval_frame.OptimizedModule) else None
+    inner = model._orig_mod if compiled is not None else model
+    while isinstance(inner, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        inner = inner.module
+    if compiled is None:
+        return inner
+    compiled._orig_mod = inner
+    return compiled
