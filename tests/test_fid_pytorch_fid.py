@@ -107,6 +107,7 @@ def test_fid_equals_pytorch_fid_on_png_folders(tmp_path):
 
 @needs_weights
 def test_weights_from_torch_hub_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv("GEN_DIST_INCEPTION_WEIGHTS", raising=False)  # the site hint comes before the hub cache
     monkeypatch.setenv("TORCH_HOME", str(torch_home_with_weights(tmp_path)))
     model = load_inception(None)
     assert model.weights_source.startswith(str(tmp_path)) and not model.training
