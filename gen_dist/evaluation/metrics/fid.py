@@ -79,7 +79,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     U^T s2 U with U = V sqrt(W): symmetric positive semi-definite, so tr(sqrt(s1 s2)) is the sum of
     the square roots of its eigenvalues. Only the r directions where s1 is not numerically zero
     enter U (r = n - 1 for n < dims images), so the second eigensolve is r x r. At 2048-d on one
-    core: ~1.5 s for 200 images, ~3 s at full rank, against 18-27 s for the Schur-based
+    core: ~1.5 s for 200 images, ~3.5 s at full rank, against 18-27 s for the Schur-based
     `scipy.linalg.sqrtm` pytorch-fid uses, with no epsilon or imaginary-part clean-up for singular
     covariances, where it is also the more accurate of the two.
     """

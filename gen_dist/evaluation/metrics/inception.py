@@ -166,8 +166,8 @@ def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """relu(conv(x)). On CPU in float32 as one oneDNN primitive with the ReLU as a post-op: the
     tensor is written once instead of twice, and the 1x1 convolutions (half of Inception's), which
     PyTorch's own dispatch sends to its im2col + GEMM path, run in oneDNN too: 1.06x the forward
-    (bench/inception_forward.py, docs/performance.md). The op is the one torch.compile's CPU backend emits; where it is missing
-    (other builds), the plain two ops."""
+    (bench/inception_forward.py, docs/performance.md). The op is the one torch.compile's CPU backend
+    emits; where it is missing (other builds), the plain two ops."""
     global _POINTWISE
     if FUSED_CONV_RELU and _POINTWISE is not None and _cpu_fusable(x):
         try:
