@@ -118,7 +118,7 @@ def test_bf16_with_batchnorm(data_root, tmp_path):
 def test_kill_and_resume_equals_uninterrupted(data_root, tmp_path):
     args = ["--config", "configs/vaegan_mnist.yaml", "train.max_steps=8", "train.checkpoint_every=2",
             "train.keep_checkpoints=2", "train.grad_accum=2", "train.grad_clip=1.0", "train.ema_decay=0.9",
-            "loss.disc_start=0", "loss.adv_weight=fixed", *TINY]
+            "loss.disc_start=0", "loss.adv_weight=fixed", "loss.similarity=both", *TINY]  # + learned similarity
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     ds_train(data_root, "zero2", *args, f"run.dir={straight}")
 

@@ -14,8 +14,10 @@ from gen_dist import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
 STEPS = 40
+# the main job's VAE-GAN: adaptive weight, pixel + learned similarity (D's features in the reconstruction)
 ARGS = ["--config", "configs/vaegan_mnist.yaml", f"train.max_steps={STEPS}", "train.checkpoint_every=2",
-        "train.keep_checkpoints=3", "train.sample_every=10", "eval.every=10", "loss.disc_start=0", *TINY, *WANDB_ON]
+        "train.keep_checkpoints=3", "train.sample_every=10", "eval.every=10", "loss.disc_start=0",
+        "loss.similarity=both", *TINY, *WANDB_ON]
 
 
 def _final_state(run: Path) -> dict:

@@ -194,10 +194,10 @@ def test_disc_start_is_exact_on_two_processes(data_root, tmp_path):
 def test_two_processes_match_one_process_for_the_adaptive_vaegan(data_root, tmp_path):
     """2 x 16 equals 1 x 32: the adaptive weight averages its gradients over the ranks first, so every
     loss, and the weight itself, is the global batch's (D without batch norm, whose statistics are
-    per rank by design)."""
+    per rank by design). Pixel + learned similarity, so Dis_l's term is in every loss compared."""
     common = ["--config", "configs/vaegan_mnist.yaml", "train.max_steps=4", "train.log_every=1", "data.limit=512",
               "eval.limit=64", "train.progress_bar=false", "data.shards=null", "data.test_shards=null",
-              "model.g_width=8", "model.d_width=8", "model.d_norm=none", "loss.adv_weight=adaptive",
+              "model.g_width=8", "model.d_width=8", "model.d_norm=none", "loss.adv_weight=adaptive", "loss.similarity=both",
               "loss.vaegan_weighting=additive", "loss.disc_start=1", "train.ema_decay=0", "data.num_workers=0",
               "eval.sample_quality=false", "eval.mode_coverage=false", "tracking.wandb=false"]
     train(data_root, 1, *common, "train.batch_size=32", f"run.dir={tmp_path / 'one'}")
@@ -206,6 +206,7 @@ def test_two_processes_match_one_process_for_the_adaptive_vaegan(data_root, tmp_
     two = [r for r in read_metrics(tmp_path / "two") if "loss/EG" in r]
     assert len(one) == len(two) == 4
     assert "G/adv_weight" not in one[0] and all("G/adv_weight" in r for r in one[1:])
+    assert all("vae/recon_learned" in r for r in one)
     for a, b in zip(one, two):
         assert a.keys() == b.keys()
         for key in [k for k in a if k.startswith(("loss/", "G/", "vae/"))]:
