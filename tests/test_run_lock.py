@@ -18,8 +18,10 @@ from conftest import REPO, TINY, read_metrics, run_env, train, train_cmd
 from gen_dist import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
-STEPS = 400
-ARGS = ["--config", "configs/dcgan32_mnist.yaml", f"train.max_steps={STEPS}", "train.checkpoint_every=1000",
+# long enough that the first job is still training when the second one has started (400 steps once
+# finished first on a fast CI machine, and the second job then found a finished run and exited 0)
+STEPS = 100_000
+ARGS = ["--config", "configs/dcgan32_mnist.yaml", f"train.max_steps={STEPS}", f"train.checkpoint_every={STEPS}",
         "eval.mode_coverage=false", *TINY]
 
 
