@@ -83,6 +83,9 @@ class LossConfig:
     #   -1 = the last (the one before D's head)
     similarity_gamma: float = 1.0  # Larsen's gamma: the reconstruction's weight in the decoder's loss
     #   (the encoder's is 1)
+    equilibrium: float = 0.68  # VAE-GAN equilibrium band (pythae's): the centre of D's per-part BCE
+    equilibrium_margin: float = 0.0  # half-width of the band; 0 = off (pythae: 0.4). Either part of D's
+    #   loss below equilibrium - margin: D skips its update; above equilibrium + margin: the decoder does
     # beta-VAE schedules (VAE and VAE-GAN); step s counts from 1, as metrics.jsonl numbers it
     kl_warmup_steps: int = 0  # beta rises linearly 0 -> loss.beta over N steps: beta * min(1, s/N); 0 = off
     capacity_gamma: float = 0.0  # Burgess et al. 2018: recon + gamma * |KL - C| replaces beta * KL; 0 = off
@@ -371,7 +374,7 @@ def validate(cfg: Config, training: bool = True) -> None:
     if cfg.loss.vaegan_weighting == "convex" and cfg.loss.adv_lambda > 1:
         raise ConfigError("loss.adv_lambda > 1 with convex weighting: use a value in [0, 1] "
                           "or loss.vaegan_weighting=additive")
-    for key in ["loss.disc_start"]:
+    for key in ["loss.disc_start", "loss.equilibrium_margin"]:
         if _get(cfg, key) < 0:
             raise ConfigError(f"bad value {key}={_get(cfg, key)}: it must not be negative")
     for key in ["loss.adaptive_max", "loss.similarity_gamma"]:
@@ -380,6 +383,9 @@ def validate(cfg: Config, training: bool = True) -> None:
     if cfg.loss.vaegan_adv_on == "prior" and not cfg.loss.vaegan_prior_samples:
         raise ConfigError("loss.vaegan_adv_on=prior needs the prior samples: set loss.vaegan_prior_samples=true "
                           "or loss.vaegan_adv_on=both")
+    if cfg.loss.equilibrium_margin > 0 and (cfg.model.kind != "vaegan" or cfg.loss.gan != "nonsat"):
+        raise ConfigError("loss.equilibrium_margin is a band on D's BCE (real and fake parts) for the VAE-GAN: "
+                          "use it with model.kind=vaegan loss.gan=nonsat, or set loss.equilibrium_margin=0")
     if cfg.loss.adv_weight == "adaptive" and cfg.loss.vaegan_weighting == "convex":
         raise ConfigError("loss.adv_weight=adaptive balances the adversarial term against the whole reconstruction: "
                           "set loss.vaegan_weighting=additive")

@@ -159,6 +159,10 @@ def test_unsupported_combinations_exit_2(data_root, tmp_path):
     proc = ds_train(data_root, "zero2", "--config", "configs/vaegan_mnist.yaml", f"run.dir={tmp_path}/d", *SMALL,
                     "loss.adv_weight=adaptive", check=False)
     assert _exit_2(proc) and "loss.adv_weight=adaptive under DeepSpeed (ZeRO-2)" in proc.stderr
+    # the equilibrium band decides between backward and step, and DeepSpeed steps inside backward
+    proc = ds_train(data_root, "zero2", "--config", "configs/vaegan_mnist.yaml", f"run.dir={tmp_path}/f", *SMALL,
+                    "loss.equilibrium_margin=0.4", check=False)
+    assert _exit_2(proc) and "loss.equilibrium_margin under DeepSpeed (ZeRO-2)" in proc.stderr
     proc = ds_train(data_root, "zero3", "--config", "configs/vaegan_mnist.yaml", f"run.dir={tmp_path}/e", *SMALL,
                     "train.ema_decay=0", check=False)
     assert _exit_2(proc) and "ZeRO-3 with a VAE-GAN that decodes outside the engine's forward" in proc.stderr

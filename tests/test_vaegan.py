@@ -14,6 +14,7 @@ from gen_dist.config import load_config
 from gen_dist.models.dcgan import DCGANDiscriminator, init_dcgan_weights
 from gen_dist.models.vae import ConvVAE
 from gen_dist.training.phases import build_phases
+from gen_dist.training.phases.vaegan import equilibrium_updates
 
 LATENT, BATCH = 4, 6
 
@@ -168,6 +169,62 @@ def test_adaptive_weight_needs_additive_weighting():
 
     with pytest.raises(ConfigError, match="additive"):
         load_config("configs/vaegan_mnist.yaml", ["loss.adv_weight=adaptive", "loss.vaegan_weighting=convex"])
+
+
+def test_equilibrium_band_by_hand():
+    """pythae's band: D's BCE on each side, as computed by hand, decides which of D and the decoder step."""
+    assert equilibrium_updates(0.5, 0.9, 0.68, 0.1) == (True, True)  # one side too easy, the other too hard
+    assert equilibrium_updates(0.5, 0.7, 0.68, 0.1) == (False, True)  # D winning on the real side
+    assert equilibrium_updates(0.7, 0.8, 0.68, 0.1) == (True, False)  # D losing on the fake side
+    assert equilibrium_updates(0.6, 0.75, 0.68, 0.1) == (True, True)  # inside the band
+    for centre, update_d, update_dec in [(10.0, False, True), (-10.0, True, False)]:
+        _, G, D, phases, x = setup("loss.equilibrium_margin=0.1", f"loss.equilibrium={centre}", "loss.disc_start=0")
+        d_phase, eg_phase = phases[0], phases[-1]
+        _, logs = d_phase.loss((x, None), noise, 10)
+        recon = G.decoder(by_hand_terms(G, D, x)[0])
+        fakes = torch.cat([D(recon), D(G.decoder(noise("z_prior", LATENT)))])
+        assert logs["D/bce_real"].item() == pytest.approx(F.softplus(-D(x)).mean().item(), rel=1e-5)
+        assert logs["D/bce_fake"].item() == pytest.approx(F.softplus(fakes).mean().item(), rel=1e-5)
+        held_d, d_logs = d_phase.hold()
+        held_eg, eg_logs = eg_phase.hold()
+        assert {id(p) for p in held_d} == (set() if update_d else {id(p) for p in D.parameters()})
+        assert {id(p) for p in held_eg} == (set() if update_dec else {id(p) for p in G.decoder.parameters()})
+        assert (d_logs["D/updated"].item(), eg_logs["G/decoder_updated"].item()) == (update_d, update_dec)
+        assert eg_phase.hold()[0] == []  # the decision is for one step: EG without a new D check steps
+
+
+@pytest.mark.slow
+def test_equilibrium_band_holds_back_exactly_what_it_logs_on_two_processes(data_root, tmp_path):
+    """A narrow band on 2 processes: D's and the decoder's Adam steps equal the steps the band let through,
+    the encoder steps every time, and the checkpoint's moments show it parameter by parameter."""
+    from gen_dist import checkpoint as ckpt
+
+    run, steps = tmp_path / "run", 12
+    train(data_root, 2, "--config", "configs/vaegan_mnist.yaml", f"run.dir={run}", f"train.max_steps={steps}",
+          "loss.disc_start=0", "loss.equilibrium=0.625", "loss.equilibrium_margin=0.01",
+          f"train.checkpoint_every={steps}", *TINY)
+    rows = [r for r in read_metrics(run) if "loss/EG" in r]
+    assert len(rows) == steps and all(r["D/updated"] in (0.0, 1.0) for r in rows)
+    d_steps, dec_steps = sum(r["D/updated"] for r in rows), sum(r["G/decoder_updated"] for r in rows)
+    assert 0 < d_steps < steps and 0 < dec_steps < steps, (d_steps, dec_steps)  # the band acted both ways
+    state = ckpt.load(ckpt.step_path(run / "checkpoints", steps))
+    assert {int(s["step"]) for s in state["optimizers"]["D"]["state"].values()} == {d_steps}
+    names = list(state["models"]["G"])  # the optimizer numbers G's parameters in this order
+    g_steps = {names[i]: int(s["step"]) for i, s in state["optimizers"]["G"]["state"].items()}
+    assert {n: s for n, s in g_steps.items() if n.startswith("decoder.")} == {
+        n: dec_steps for n in g_steps if n.startswith("decoder.")}
+    assert {s for n, s in g_steps.items() if n.startswith("encoder.")} == {steps}
+
+
+def test_equilibrium_band_refuses_what_it_cannot_measure():
+    from gen_dist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.kind=vaegan loss.gan=nonsat"):
+        load_config("configs/vaegan_mnist.yaml", ["loss.equilibrium_margin=0.4", "loss.gan=hinge"])
+    with pytest.raises(ConfigError, match="model.kind=vaegan loss.gan=nonsat"):
+        load_config("configs/dcgan32_mnist.yaml", ["loss.equilibrium_margin=0.4"])
+    with pytest.raises(ConfigError, match="loss.equilibrium_margin=-0.1: it must not be negative"):
+        load_config("configs/vaegan_mnist.yaml", ["loss.equilibrium_margin=-0.1"])
 
 
 @pytest.mark.slow

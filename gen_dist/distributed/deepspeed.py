@@ -102,6 +102,12 @@ def check_deepspeed(cfg) -> None:
         raise ConfigError("ZeRO-3 with a VAE-GAN that decodes outside the engine's forward (loss.vaegan_prior_samples, "
                           "loss.adv_stop_at_z or loss.similarity_gamma != 1): use ZeRO-1/2 (configs/accelerate/zero2.yaml) "
                           "or set loss.vaegan_prior_samples=false loss.adv_stop_at_z=false")
+    if cfg.model.kind == "vaegan" and cfg.loss.equilibrium_margin > 0:
+        # DeepSpeed steps inside backward, at the accumulation boundary: there is no moment between D's
+        # backward and its step at which the band could hold D or the decoder back
+        raise ConfigError(f"loss.equilibrium_margin under DeepSpeed (ZeRO-{stage}): the band decides after the "
+                          "backward pass whether D or the decoder steps, and DeepSpeed steps inside it; train it "
+                          "with DDP (configs/accelerate/ddp.yaml) or set loss.equilibrium_margin=0")
     if cfg.model.kind == "vaegan" and cfg.loss.adv_weight == "adaptive":
         # torch.autograd.grad on a parameter fires DeepSpeed's gradient hooks, which then reduce a half-filled
         # bucket (ZeRO-1/2: IndexError in reduce_ipg_grads); ZeRO-3 also partitions the parameter itself

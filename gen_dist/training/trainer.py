@@ -219,9 +219,12 @@ class Trainer:
                     e.backward(loss * (phase.scale / accum), phase.model)
                 losses.append(loss.detach().float())
                 pending.append(logs)
+            held, hold_logs = phase.hold() if phase.hold is not None else ([], {})  # same on every rank
             if self._finite(phase, torch.stack(losses).mean()):
-                for logs in pending:
+                for logs in [*pending, hold_logs]:
                     self._accumulate(logs)
+                for p in held:  # the optimizer skips parameters without a gradient (and their moments)
+                    p.grad = None
                 e.step(phase.model, phase.optimizer, cfg.train.grad_clip)
             else:  # train.nonfinite=skip: no update from this phase this step
                 bad_step = True

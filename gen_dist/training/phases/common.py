@@ -14,6 +14,7 @@ from functools import partial
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.special import ndtr
 
 from gen_dist.config import Config
@@ -35,6 +36,9 @@ class Phase:
     frozen: list = field(default_factory=list)  # modules whose parameters must not get gradients
     state: dict = field(default_factory=dict)  # name -> object with state_dict(): saved per rank
     start_step: int = 1  # the first step (counted from 1) the phase runs; before it the trainer skips it
+    # after the phase's backward, before its step: () -> (parameters to hold back this step, logs); the
+    # trainer drops their gradients, so the optimizer skips them (the VAE-GAN's equilibrium band)
+    hold: Callable[[], tuple[list, dict]] | None = None
 
 
 def vae_objective(cfg: Config, recon, x, mu, logvar) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -87,14 +91,17 @@ class Adversary:
     def score(self, disc) -> Callable:
         return scorer(disc, self.conditional)
 
-    def d_objective(self, call, real, labels, fakes: list, fake_labels: list, alpha: Callable):
+    def d_objective(self, call, real, labels, fakes: list, fake_labels: list, alpha: Callable, parts=False):
         """D's loss on real vs fake batches (scored part by part, as BatchNorm sees them), + GP
-        (``alpha()`` draws its mixing weights)."""
+        (``alpha()`` draws its mixing weights). ``parts``: also log the BCE of each side (nonsat)."""
         cfg = self.cfg
         real_s = call(real, labels)
         fake_s = torch.cat([call(f, y) for f, y in zip(fakes, fake_labels)])
         loss = d_loss(self.kind, real_s, fake_s)
         logs = {"D/real": real_s.detach().float().mean(), "D/fake": fake_s.detach().float().mean()}
+        if parts:  # the two sides of the nonsat loss (config.py allows the band with nonsat only)
+            logs["D/bce_real"] = F.softplus(-real_s.detach().float()).mean()
+            logs["D/bce_fake"] = F.softplus(fake_s.detach().float()).mean()
         if cfg.loss.gp_weight > 0:  # interpolates with the first fake batch, scored with the real labels
             gp = gradient_penalty(lambda x, y=None: call(x, y), real, fakes[0], alpha(),
                                   labels if self.conditional else None)

@@ -22,6 +22,12 @@ parameters it is meant for, in one backward pass (Larsen et al. 2016):
   2 x |W| numbers), so every rank uses the weight one process with the global batch would compute.
 - ``loss.disc_start``: D's phase and the adversarial term start after N steps of plain VAE training
   (the trainer skips D's phase before it; see ``Phase.start_step``).
+- ``loss.equilibrium_margin`` > 0: pythae's equilibrium band (after Larsen et al.'s code). D's BCE on
+  each side (real, fake), averaged over the step's micro-batches and the ranks before D steps, decides:
+  either side below ``equilibrium - margin`` (D is winning) and D skips this step's update; either
+  above ``equilibrium + margin`` (D is losing) and the decoder skips it (the encoder still steps); both
+  at once, and both step. The skipped parameters' gradients are dropped (``Phase.hold``), so Adam
+  leaves them and their moments alone.
 - ``loss.vaegan_weighting=convex`` is the lesson's (1 - lambda) x rec + KL + lambda x adv: lambda = 0 is
   the VAE, lambda = 1 keeps no reconstruction term.
 """
@@ -41,6 +47,15 @@ from gen_dist.training.phases.common import Adversary, Phase, kl_unit, vae_objec
 ADAPTIVE_EPS = 1e-4  # Esser et al.'s guard against a vanishing adversarial gradient
 
 
+def equilibrium_updates(real: float, fake: float, centre: float, margin: float) -> tuple[bool, bool]:
+    """pythae's rule: (update D, update the decoder) from D's BCE on the real and the fake side."""
+    update_d = not (real < centre - margin or fake < centre - margin)
+    update_dec = not (real > centre + margin or fake > centre + margin)
+    if not update_d and not update_dec:  # one side too easy, the other too hard: train both
+        return True, True
+    return update_d, update_dec
+
+
 class VAEGANLosses:
     """D's and EG's losses of one micro-batch. ``unwrap`` gives the plain module (no DDP hooks);
     ``reduce_mean`` averages a tensor over the ranks (the adaptive weight's gradients)."""
@@ -55,6 +70,9 @@ class VAEGANLosses:
         self.w_rec = (1.0 - self.lam) if L.vaegan_weighting == "convex" else 1.0
         self.pixel = L.similarity in ("pixel", "both")
         self.learned = L.similarity in ("learned", "both")
+        self.band = L.equilibrium_margin > 0
+        self._d_parts: list = []  # [BCE real, BCE fake] of each of this D phase's micro-batches
+        self._update_decoder = True  # the band's decision for this step's EG phase
 
     # --- what D sees ----------------------------------------------------------------------------
     def decode(self, z):
@@ -80,8 +98,27 @@ class VAEGANLosses:
         replay_logs: dict = {}
         fake_list, fake_labels = self.adv.mix_replay(fake_list, None, draw, replay_logs)
         loss, logs = self.adv.d_objective(self.adv.score(self.D), x, None, fake_list, fake_labels,
-                                          lambda: draw("alpha", 1).view(-1))
+                                          lambda: draw("alpha", 1).view(-1), parts=self.band)
+        if self.band:
+            self._d_parts.append(torch.stack([logs["D/bce_real"], logs["D/bce_fake"]]))
         return loss, {"loss/D": loss.detach(), **logs, **replay_logs}
+
+    # --- the equilibrium band (Phase.hold) ------------------------------------------------------
+    def hold_d(self) -> tuple[list, dict]:
+        """After D's backward: the step's BCE parts (global batch) decide whether D and the decoder step."""
+        parts = self.reduce_mean(torch.stack(self._d_parts).mean(0))
+        self._d_parts.clear()
+        real, fake = parts.tolist()
+        update_d, self._update_decoder = equilibrium_updates(real, fake, self.cfg.loss.equilibrium,
+                                                             self.cfg.loss.equilibrium_margin)
+        held = [] if update_d else list(self.D.parameters())
+        return held, {"D/updated": torch.tensor(float(update_d))}
+
+    def hold_eg(self) -> tuple[list, dict]:
+        """After EG's backward: the decoder is held back when D lost this step's band check."""
+        update, self._update_decoder = self._update_decoder, True  # before disc_start D's phase is skipped
+        held = [] if update else list(self.unwrap(self.G).decoder.parameters())
+        return held, {"G/decoder_updated": torch.tensor(float(update))}
 
     def unrolled_fakes(self, x, draw, j: int) -> list:
         """Fresh fakes (no graph) for unrolled step j, from their own keyed noise."""
@@ -166,5 +203,8 @@ def build_vaegan_phases(cfg: Config, G: nn.Module, D: nn.Module, opt_g, opt_d, u
     adversary = Adversary(cfg, unwrap(D), opt_d)
     losses = VAEGANLosses(cfg, G, D, adversary, unwrap, reduce_mean)
     start = cfg.loss.disc_start + 1 if cfg.loss.adv_lambda > 0 else 1
-    d_phase = Phase("D", D, opt_d, losses.d_step, fresh_data=True, state=adversary.state, start_step=start)
-    return [d_phase] * cfg.train.n_critic + [Phase("EG", G, opt_g, losses.eg_step, fresh_data=False, frozen=[D])]
+    band = cfg.loss.equilibrium_margin > 0
+    d_phase = Phase("D", D, opt_d, losses.d_step, fresh_data=True, state=adversary.state, start_step=start,
+                    hold=losses.hold_d if band else None)
+    eg_phase = Phase("EG", G, opt_g, losses.eg_step, fresh_data=False, frozen=[D], hold=losses.hold_eg if band else None)
+    return [d_phase] * cfg.train.n_critic + [eg_phase]
